@@ -1,0 +1,1484 @@
+//! The evaluator: rules applied to events and to the passing of time; alert changes out.
+//!
+//! It is a deterministic state machine. Time comes in as arguments (`at`, `now` in epoch ms),
+//! never from a clock, so the same inputs always give the same changes: the engine replays
+//! stored events after a crash and gets the alerts it would have had, and tests drive it
+//! without sleeping. Everything it must remember across restarts — `for` timers, count
+//! windows, heartbeat deadlines, script state — is per (rule, key) state that it reports as
+//! dirty ([`Evaluator::take_dirty`]) and takes back with [`Evaluator::restore_state`].
+//!
+//! JavaScript runs in one [`Sandbox`] per rule owner, so one user's runaway rule spends only
+//! that user's memory budget, and an event is converted into each owner's sandbox once.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::alert::{AlertKey, Change, Content, ResolveReason, Status, as_number};
+use crate::event::{Event, lookup};
+use crate::expr::{Arg, ExprError, FnId, Limits, Sandbox, ScriptAction, ValId};
+use crate::index::{Filing, RuleId, RuleIndex, identifiers, required_equalities};
+use crate::rule::{RuleError, RuleKind, RuleSpec};
+use crate::template::Templates;
+
+/// The names a condition sees: the event (also as `e`), its source and time (ms).
+const CONDITION_PARAMS: [&str; 4] = ["event", "e", "source", "time"];
+/// How deep rules may chain through `ctx.emit` before the chain is cut.
+pub const MAX_HOPS: u8 = 8;
+/// The default check interval of a threshold rule on `_topic` alone.
+const DEFAULT_EVERY_MS: i64 = 10_000;
+
+/// Who may read which source: the owner, anyone when public, admins always.
+#[derive(Debug, Default, Clone)]
+pub struct Access {
+    admins: HashSet<String>,
+    sources: HashMap<String, (String, bool)>,
+}
+
+impl Access {
+    pub fn set_admin(&mut self, user: &str, admin: bool) {
+        if admin {
+            self.admins.insert(user.to_owned());
+        } else {
+            self.admins.remove(user);
+        }
+    }
+
+    /// Records the owner of a source and whether it is public.
+    pub fn set_source(&mut self, source: &str, owner: &str, public: bool) {
+        self.sources
+            .insert(source.to_owned(), (owner.to_owned(), public));
+    }
+
+    /// Records a source's owner unless it already has one: the first poster owns it.
+    pub fn set_source_if_new(&mut self, source: &str, owner: &str) {
+        self.sources
+            .entry(source.to_owned())
+            .or_insert_with(|| (owner.to_owned(), false));
+    }
+
+    pub fn has_source(&self, source: &str) -> bool {
+        self.sources.contains_key(source)
+    }
+
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.contains(user)
+    }
+
+    /// Whether `user` may read events of `source`. A source nobody claimed yet is open.
+    pub fn can_read(&self, user: &str, source: &str) -> bool {
+        self.admins.contains(user)
+            || match self.sources.get(source) {
+                None => true,
+                Some((owner, public)) => *public || owner == user,
+            }
+    }
+}
+
+/// A rule failed at run time (its condition threw or ran out of budget).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleFailure {
+    pub owner: String,
+    pub rule: String,
+    pub message: String,
+}
+
+/// A rule's saved state for one key changed; `None` means it is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateUpdate {
+    pub owner: String,
+    pub rule: String,
+    pub key: String,
+    pub state: Option<Value>,
+}
+
+/// What the evaluator decided since it was last drained.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: Vec<Change>,
+    /// Events made by scripts' `ctx.emit`, with the rule owner and hop count: the engine
+    /// stores and evaluates them.
+    pub emitted: Vec<(String, Event, u8)>,
+    pub failures: Vec<RuleFailure>,
+    /// Rules whose error status changed: `Some(message)` failing, `None` healthy again.
+    pub status: Vec<(String, String, Option<String>)>,
+    pub evaluations: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum KeyState {
+    /// `match` with `resolve_after`: the last matching event.
+    Match { last: i64 },
+    /// `threshold`: when the condition started holding.
+    Threshold { since: i64 },
+    /// `count`: arrival times (and distinct values) inside the window.
+    Count {
+        events: VecDeque<(i64, Option<String>)>,
+    },
+    /// `absence`: the last event of the key.
+    Absence { last: i64 },
+    /// `script`: the rule's `ctx.state`, under the empty key.
+    Script { state: Value },
+}
+
+impl KeyState {
+    fn to_json(&self) -> Value {
+        match self {
+            KeyState::Match { last } => json!({"last": last}),
+            KeyState::Threshold { since } => json!({"since": since}),
+            KeyState::Count { events } => json!({"events": events}),
+            KeyState::Absence { last } => json!({"last": last}),
+            KeyState::Script { state } => json!({"state": state}),
+        }
+    }
+
+    fn from_json(kind: RuleKind, v: &Value) -> Option<KeyState> {
+        let int = |f: &str| v.get(f).and_then(Value::as_i64);
+        Some(match kind {
+            RuleKind::Match => KeyState::Match { last: int("last")? },
+            RuleKind::Threshold => KeyState::Threshold {
+                since: int("since")?,
+            },
+            RuleKind::Count => KeyState::Count {
+                events: serde_json::from_value(v.get("events")?.clone()).ok()?,
+            },
+            RuleKind::Absence => KeyState::Absence { last: int("last")? },
+            RuleKind::Script => KeyState::Script {
+                state: v.get("state")?.clone(),
+            },
+        })
+    }
+}
+
+struct Compiled {
+    owner: String,
+    spec: Arc<RuleSpec>,
+    when: Option<FnId>,
+    value: Option<FnId>,
+    resolve_when: Option<FnId>,
+    script: Option<FnId>,
+    templates: Templates,
+    uses_topic: bool,
+    /// A threshold whose condition reads only `_topic`: checked every `every`, not per event.
+    topic_only: bool,
+    open: u32,
+    error: Option<String>,
+}
+
+impl Compiled {
+    fn alert(&self, key: &str) -> AlertKey {
+        AlertKey {
+            owner: self.owner.clone(),
+            rule: self.spec.name.clone(),
+            key: key.to_owned(),
+        }
+    }
+}
+
+struct OwnerBox {
+    sandbox: Sandbox,
+    /// Sources whose latest event this sandbox's `_topic` does not have yet.
+    stale_topics: HashSet<String>,
+    topic_rules: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    status: Status,
+}
+
+/// Applies rules to events and time. See the module documentation.
+pub struct Evaluator {
+    limits: Limits,
+    boxes: HashMap<String, OwnerBox>,
+    rules: Vec<Option<Compiled>>,
+    by_name: HashMap<(String, String), RuleId>,
+    index: RuleIndex,
+    index_dirty: bool,
+    states: HashMap<(RuleId, String), KeyState>,
+    open: HashMap<(RuleId, String), Open>,
+    timers: BTreeSet<(i64, RuleId, String)>,
+    deadlines: HashMap<(RuleId, String), i64>,
+    /// Threshold rules on `_topic` alone, by next check time.
+    ticks: BTreeSet<(i64, RuleId)>,
+    topics: HashMap<String, Value>,
+    pub access: Access,
+    dirty: HashSet<(RuleId, String)>,
+    /// States of deleted rules to report gone.
+    removed_states: Vec<StateUpdate>,
+    out: Outcome,
+    candidates: Vec<RuleId>,
+}
+
+impl Evaluator {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            boxes: HashMap::new(),
+            rules: Vec::new(),
+            by_name: HashMap::new(),
+            index: RuleIndex::default(),
+            index_dirty: false,
+            states: HashMap::new(),
+            open: HashMap::new(),
+            timers: BTreeSet::new(),
+            deadlines: HashMap::new(),
+            ticks: BTreeSet::new(),
+            topics: HashMap::new(),
+            access: Access::default(),
+            dirty: HashSet::new(),
+            removed_states: Vec::new(),
+            out: Outcome::default(),
+            candidates: Vec::new(),
+        }
+    }
+
+    fn owner_box(&mut self, owner: &str) -> Result<&mut OwnerBox, RuleError> {
+        if !self.boxes.contains_key(owner) {
+            let sandbox = Sandbox::new(self.limits).map_err(|e| {
+                RuleError::new(None, format!("cannot start the JavaScript sandbox: {e}"))
+            })?;
+            self.boxes.insert(
+                owner.to_owned(),
+                OwnerBox {
+                    sandbox,
+                    stale_topics: HashSet::new(),
+                    topic_rules: 0,
+                },
+            );
+        }
+        Ok(self.boxes.get_mut(owner).expect("inserted above"))
+    }
+
+    /// Checks that a rule would compile for `owner`, without keeping it.
+    pub fn check(&mut self, owner: &str, spec: &RuleSpec) -> Result<(), RuleError> {
+        spec.validate()?;
+        let compiled = self.compile(owner, spec)?;
+        self.forget_fns(&compiled);
+        Ok(())
+    }
+
+    fn compile(&mut self, owner: &str, spec: &RuleSpec) -> Result<Compiled, RuleError> {
+        let templates = Templates::compile(spec.templates())?;
+        if let Some(source) = &spec.source
+            && source.contains(['*', '?', '[', '{'])
+        {
+            globset::Glob::new(source)
+                .map_err(|e| RuleError::new(Some("source"), format!("not a valid glob: {e}")))?;
+        }
+        let boxed = self.owner_box(owner)?;
+        let mut compiled_fns: Vec<FnId> = Vec::new();
+        let mut compile =
+            |field: &str, src: Option<&str>, script: bool| -> Result<Option<FnId>, RuleError> {
+                let Some(src) = src else { return Ok(None) };
+                let result = if script {
+                    boxed.sandbox.compile_script(src)
+                } else {
+                    boxed.sandbox.compile_expr(src, &CONDITION_PARAMS)
+                };
+                match result {
+                    Ok(id) => {
+                        compiled_fns.push(id);
+                        Ok(Some(id))
+                    }
+                    Err(e) => Err(js_error(field, e)),
+                }
+            };
+        let fns = (|| {
+            Ok::<_, RuleError>((
+                compile("when", spec.when.as_deref(), false)?,
+                compile("value", spec.value.as_deref(), false)?,
+                compile("resolve_when", spec.resolve_when.as_deref(), false)?,
+                compile("script", spec.script.as_deref(), true)?,
+            ))
+        })();
+        let (when, value, resolve_when, script) = match fns {
+            Ok(fns) => fns,
+            Err(e) => {
+                for id in compiled_fns {
+                    boxed.sandbox.forget(id);
+                }
+                return Err(e);
+            }
+        };
+        let uses_topic = spec.scripts().any(|(_, src)| src.contains("_topic"));
+        let topic_only = spec.kind == RuleKind::Threshold
+            && spec.when.as_deref().is_some_and(|w| {
+                identifiers(w).map_or(w.contains("_topic") && !w.contains("event"), |ids| {
+                    ids.iter().any(|i| i == "_topic")
+                        && !ids.iter().any(|i| i == "event" || i == "e")
+                })
+            });
+        Ok(Compiled {
+            owner: owner.to_owned(),
+            spec: Arc::new(spec.clone()),
+            when,
+            value,
+            resolve_when,
+            script,
+            templates,
+            uses_topic,
+            topic_only,
+            open: 0,
+            error: None,
+        })
+    }
+
+    fn forget_fns(&mut self, c: &Compiled) {
+        if let Some(b) = self.boxes.get_mut(&c.owner) {
+            for id in [c.when, c.value, c.resolve_when, c.script]
+                .into_iter()
+                .flatten()
+            {
+                b.sandbox.forget(id);
+            }
+        }
+    }
+
+    /// Adds or replaces `owner`'s rule. Replacing keeps its alerts and state when the kind is
+    /// the same; disabling resolves its alerts. Returns the changes that causes.
+    pub fn upsert(&mut self, owner: &str, spec: RuleSpec, now: i64) -> Result<(), RuleError> {
+        spec.validate()?;
+        let compiled = self.compile(owner, &spec)?;
+        let name_key = (owner.to_owned(), spec.name.clone());
+        let id = match self.by_name.get(&name_key) {
+            Some(&id) => {
+                let old = self.rules[id as usize].take().expect("named rules exist");
+                self.forget_fns(&old);
+                if old.uses_topic {
+                    self.owner_box(owner)?.topic_rules -= 1;
+                }
+                let reason = if spec.disabled {
+                    Some(ResolveReason::RuleDisabled)
+                } else if old.spec.kind != spec.kind {
+                    Some(ResolveReason::RuleRemoved)
+                } else {
+                    None
+                };
+                let mut compiled = compiled;
+                compiled.open = old.open;
+                self.rules[id as usize] = Some(compiled);
+                if let Some(reason) = reason {
+                    self.close_rule(id, now, reason);
+                }
+                id
+            }
+            None => {
+                let id = RuleId::try_from(self.rules.len()).expect("fewer than 4 billion rules");
+                self.rules.push(Some(compiled));
+                self.by_name.insert(name_key, id);
+                id
+            }
+        };
+        let rule = self.rules[id as usize].as_ref().expect("just stored");
+        if rule.uses_topic {
+            let topics: Vec<String> = self.topics.keys().cloned().collect();
+            let b = self.owner_box(owner)?;
+            b.topic_rules += 1;
+            b.stale_topics.extend(topics);
+        }
+        self.index_dirty = true;
+        self.ticks.retain(|(_, r)| *r != id);
+        self.reschedule_rule(id, now);
+        Ok(())
+    }
+
+    /// Deletes a rule, resolving its open alerts.
+    pub fn remove(&mut self, owner: &str, name: &str, now: i64) {
+        let Some(id) = self.by_name.remove(&(owner.to_owned(), name.to_owned())) else {
+            return;
+        };
+        self.close_rule(id, now, ResolveReason::RuleRemoved);
+        if let Some(old) = self.rules[id as usize].take() {
+            self.forget_fns(&old);
+            if old.uses_topic
+                && let Some(b) = self.boxes.get_mut(owner)
+            {
+                b.topic_rules -= 1;
+            }
+        }
+        self.ticks.retain(|(_, r)| *r != id);
+        self.index_dirty = true;
+    }
+
+    /// Resolves every open alert of a rule and forgets its state.
+    fn close_rule(&mut self, id: RuleId, now: i64, reason: ResolveReason) {
+        let keys: Vec<String> = self
+            .open
+            .keys()
+            .filter(|(r, _)| *r == id)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in keys {
+            self.close(id, &key, now, reason);
+        }
+        let state_keys: Vec<String> = self
+            .states
+            .keys()
+            .filter(|(r, _)| *r == id)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in state_keys {
+            self.set_state(id, &key, None);
+        }
+    }
+
+    /// The names of the active rules, as (owner, name).
+    pub fn rule_names(&self) -> impl Iterator<Item = &(String, String)> {
+        self.by_name.keys()
+    }
+
+    /// The current error of a rule, if its last evaluation failed.
+    pub fn rule_error(&self, owner: &str, name: &str) -> Option<&str> {
+        let id = *self.by_name.get(&(owner.to_owned(), name.to_owned()))?;
+        self.rules[id as usize].as_ref()?.error.as_deref()
+    }
+
+    /// Takes back a state saved before a restart. Call after the rule is loaded.
+    pub fn restore_state(&mut self, owner: &str, rule: &str, key: &str, state: &Value, now: i64) {
+        let Some(&id) = self.by_name.get(&(owner.to_owned(), rule.to_owned())) else {
+            return;
+        };
+        let Some(kind) = self.rules[id as usize].as_ref().map(|r| r.spec.kind) else {
+            return;
+        };
+        if let Some(s) = KeyState::from_json(kind, state) {
+            self.states.insert((id, key.to_owned()), s);
+            self.schedule(id, key, now);
+        }
+    }
+
+    /// Takes back an alert that was open before a restart. Call after the rule is loaded.
+    pub fn restore_open(&mut self, alert: &AlertKey, status: Status) {
+        let Some(&id) = self.by_name.get(&(alert.owner.clone(), alert.rule.clone())) else {
+            return;
+        };
+        if status != Status::Resolved
+            && self
+                .open
+                .insert((id, alert.key.clone()), Open { status })
+                .is_none()
+            && let Some(r) = self.rules[id as usize].as_mut()
+        {
+            r.open += 1;
+        }
+    }
+
+    /// Whether the evaluator holds `alert` open (pending or firing).
+    pub fn is_open(&self, alert: &AlertKey) -> bool {
+        self.by_name
+            .get(&(alert.owner.clone(), alert.rule.clone()))
+            .is_some_and(|id| self.open.contains_key(&(*id, alert.key.clone())))
+    }
+
+    /// A person resolved an alert by hand: forget it, so the next match opens a new one.
+    pub fn resolve_by_hand(&mut self, alert: &AlertKey, now: i64) -> bool {
+        let Some(&id) = self.by_name.get(&(alert.owner.clone(), alert.rule.clone())) else {
+            return false;
+        };
+        if !self.open.contains_key(&(id, alert.key.clone())) {
+            return false;
+        }
+        self.close(id, &alert.key, now, ResolveReason::Manual);
+        let kind = self.rules[id as usize].as_ref().map(|r| r.spec.kind);
+        match kind {
+            // A heartbeat still missing may fire again one period from now.
+            Some(RuleKind::Absence) => {
+                self.set_state(id, &alert.key, Some(KeyState::Absence { last: now }));
+                self.schedule(id, &alert.key, now);
+            }
+            Some(RuleKind::Script) => {}
+            _ => self.set_state(id, &alert.key, None),
+        }
+        true
+    }
+
+    /// The earliest time a timer is due, for the engine's sleep.
+    pub fn next_deadline(&self) -> Option<i64> {
+        let timer = self.timers.first().map(|(t, _, _)| *t);
+        let tick = self.ticks.first().map(|(t, _)| *t);
+        timer.into_iter().chain(tick).min()
+    }
+
+    /// Takes the decisions made so far.
+    pub fn drain(&mut self) -> Outcome {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The states changed since the last call, for the store.
+    pub fn take_dirty(&mut self) -> Vec<StateUpdate> {
+        let mut out = std::mem::take(&mut self.removed_states);
+        for (id, key) in std::mem::take(&mut self.dirty) {
+            let Some(rule) = self.rules.get(id as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            out.push(StateUpdate {
+                owner: rule.owner.clone(),
+                rule: rule.spec.name.clone(),
+                key: key.clone(),
+                state: self.states.get(&(id, key)).map(KeyState::to_json),
+            });
+        }
+        out
+    }
+
+    /// The latest event of each source, as conditions see it through `_topic`.
+    pub fn set_topic(&mut self, source: &str, data: &Value) {
+        self.topics.insert(source.to_owned(), data.clone());
+        for (owner, b) in self.boxes.iter_mut() {
+            if b.topic_rules > 0 && self.access.can_read(owner, source) {
+                b.stale_topics.insert(source.to_owned());
+            }
+        }
+    }
+
+    fn rebuild_index(&mut self) {
+        let mut index = RuleIndex::default();
+        for (id, rule) in self.rules.iter().enumerate() {
+            let Some(rule) = rule else { continue };
+            if !rule.spec.is_active() || (rule.topic_only && rule.spec.source.is_none()) {
+                continue;
+            }
+            let filing = filing(&rule.spec);
+            // A glob that failed to compile was refused when the rule was saved.
+            let _ = index.add(id as RuleId, rule.spec.source.as_deref(), &filing);
+        }
+        self.index = index;
+        self.index_dirty = false;
+    }
+
+    /// Fires every timer due by `now`.
+    pub fn advance(&mut self, now: i64) {
+        while let Some((due, id, key)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.deadlines.remove(&(id, key.clone()));
+            self.on_timer(id, &key, due.max(0), now);
+        }
+        while let Some((due, id)) = self.ticks.first().copied() {
+            if due > now {
+                break;
+            }
+            self.ticks.pop_first();
+            self.on_tick(id, now);
+        }
+    }
+
+    /// Applies every candidate rule to one event that arrived at `at`.
+    pub fn on_event(&mut self, event: &Event, hops: u8, at: i64) {
+        self.advance(at);
+        self.set_topic(&event.source, &event.data);
+        if self.index_dirty {
+            self.rebuild_index();
+        }
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.index
+            .candidates(&event.source, &event.data, &mut candidates);
+        let mut loaded: Vec<(String, u64, ValId)> = Vec::new();
+        for &id in &candidates {
+            let Some(rule) = self.rules[id as usize].as_ref() else {
+                continue;
+            };
+            if !self.access.can_read(&rule.owner, &event.source) {
+                continue;
+            }
+            let owner = rule.owner.clone();
+            let uses_topic = rule.uses_topic;
+            let Some(val) = self.event_in_box(&owner, event, &mut loaded) else {
+                continue;
+            };
+            if uses_topic {
+                self.sync_topics(&owner);
+            }
+            self.apply(id, event, val, hops, at);
+        }
+        for (owner, _, val) in loaded {
+            if let Some(b) = self.boxes.get_mut(&owner) {
+                b.sandbox.release(val);
+            }
+        }
+        self.candidates = candidates;
+    }
+
+    /// The event as a JavaScript value in `owner`'s sandbox, converted once per event.
+    fn event_in_box(
+        &mut self,
+        owner: &str,
+        event: &Event,
+        loaded: &mut Vec<(String, u64, ValId)>,
+    ) -> Option<ValId> {
+        let b = self.boxes.get_mut(owner)?;
+        let generation = b.sandbox.generation();
+        if let Some((_, g, v)) = loaded.iter().find(|(o, _, _)| o == owner)
+            && *g == generation
+        {
+            return Some(*v);
+        }
+        loaded.retain(|(o, _, _)| o != owner);
+        let val = b.sandbox.load(&event.data).ok()?;
+        loaded.push((owner.to_owned(), generation, val));
+        Some(val)
+    }
+
+    fn sync_topics(&mut self, owner: &str) {
+        let Some(b) = self.boxes.get_mut(owner) else {
+            return;
+        };
+        for source in b.stale_topics.drain() {
+            if let Some(data) = self.topics.get(&source) {
+                // A topic too large for the sandbox leaves the old value; the rule reading it
+                // then reports its own error.
+                let _ = b.sandbox.set_global_entry("_topic", &source, data);
+            }
+        }
+    }
+
+    fn apply(&mut self, id: RuleId, event: &Event, val: ValId, hops: u8, at: i64) {
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        let kind = rule.spec.kind;
+        match kind {
+            RuleKind::Match => self.apply_match(id, event, val, at),
+            RuleKind::Threshold => self.apply_threshold(id, Some((event, val)), at),
+            RuleKind::Count => self.apply_count(id, event, val, at),
+            RuleKind::Absence => self.apply_absence(id, event, val, at),
+            RuleKind::Script => self.apply_script(id, event, val, hops, at),
+        }
+    }
+
+    /// Runs a compiled condition; a failure marks the rule and counts as "does not hold".
+    fn call_bool(
+        &mut self,
+        id: RuleId,
+        f: FnId,
+        ev: Option<(&Event, ValId)>,
+        now: i64,
+    ) -> Option<bool> {
+        let (owner, args_time) = {
+            let rule = self.rules[id as usize].as_ref()?;
+            (rule.owner.clone(), ev.map_or(now, |(e, _)| e.time))
+        };
+        self.out.evaluations += 1;
+        let b = self.boxes.get_mut(&owner)?;
+        let empty = json!({});
+        let result = match ev {
+            Some((e, v)) => b.sandbox.call_bool(
+                f,
+                &[
+                    Arg::Val(v),
+                    Arg::Val(v),
+                    Arg::Str(&e.source),
+                    Arg::Num(args_time as f64),
+                ],
+            ),
+            None => b.sandbox.call_bool(
+                f,
+                &[
+                    Arg::Json(&empty),
+                    Arg::Json(&empty),
+                    Arg::Str(""),
+                    Arg::Num(args_time as f64),
+                ],
+            ),
+        };
+        self.record(id, result)
+    }
+
+    fn call_value(&mut self, id: RuleId, ev: Option<(&Event, ValId)>, now: i64) -> Option<f64> {
+        let f = self.rules[id as usize].as_ref()?.value?;
+        let owner = self.rules[id as usize].as_ref()?.owner.clone();
+        self.out.evaluations += 1;
+        let b = self.boxes.get_mut(&owner)?;
+        let empty = json!({});
+        let result = match ev {
+            Some((e, v)) => b.sandbox.call_json(
+                f,
+                &[
+                    Arg::Val(v),
+                    Arg::Val(v),
+                    Arg::Str(&e.source),
+                    Arg::Num(e.time as f64),
+                ],
+            ),
+            None => b.sandbox.call_json(
+                f,
+                &[
+                    Arg::Json(&empty),
+                    Arg::Json(&empty),
+                    Arg::Str(""),
+                    Arg::Num(now as f64),
+                ],
+            ),
+        };
+        self.record(id, result).as_ref().and_then(as_number)
+    }
+
+    /// Notes a JavaScript result against the rule's health.
+    fn record<T>(&mut self, id: RuleId, result: Result<T, ExprError>) -> Option<T> {
+        let rule = self.rules[id as usize].as_mut()?;
+        match result {
+            Ok(v) => {
+                if rule.error.take().is_some() {
+                    self.out
+                        .status
+                        .push((rule.owner.clone(), rule.spec.name.clone(), None));
+                }
+                Some(v)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if rule.error.as_deref() != Some(&message) {
+                    rule.error = Some(message.clone());
+                    self.out.status.push((
+                        rule.owner.clone(),
+                        rule.spec.name.clone(),
+                        Some(message.clone()),
+                    ));
+                }
+                self.out.failures.push(RuleFailure {
+                    owner: rule.owner.clone(),
+                    rule: rule.spec.name.clone(),
+                    message,
+                });
+                None
+            }
+        }
+    }
+
+    fn holds(&mut self, id: RuleId, ev: Option<(&Event, ValId)>, now: i64) -> Option<bool> {
+        match self.rules[id as usize].as_ref()?.when {
+            Some(f) => self.call_bool(id, f, ev, now),
+            None => Some(true),
+        }
+    }
+
+    fn apply_match(&mut self, id: RuleId, event: &Event, val: ValId, at: i64) {
+        let Some(matched) = self.holds(id, Some((event, val)), at) else {
+            return;
+        };
+        let rule = self.rules[id as usize]
+            .as_ref()
+            .expect("applied rules exist");
+        if matched {
+            let resolve_after = rule.spec.resolve_after;
+            let Some(key) = self.key_of(id, Some(event)) else {
+                return;
+            };
+            self.open_or_fold(id, &key, Some((event, val)), Status::Firing, at);
+            if resolve_after.is_some() {
+                self.set_state(id, &key, Some(KeyState::Match { last: at }));
+                self.schedule(id, &key, at);
+            }
+        } else if let Some(f) = rule.resolve_when
+            && rule.open > 0
+        {
+            let Some(key) = self.key_of(id, Some(event)) else {
+                return;
+            };
+            if self.open.contains_key(&(id, key.clone()))
+                && self.call_bool(id, f, Some((event, val)), at) == Some(true)
+            {
+                self.close(id, &key, at, ResolveReason::Condition);
+                self.set_state(id, &key, None);
+            }
+        }
+    }
+
+    fn apply_threshold(&mut self, id: RuleId, ev: Option<(&Event, ValId)>, at: i64) {
+        let Some(holds) = self.holds(id, ev, at) else {
+            return;
+        };
+        let Some(key) = self.key_of(id, ev.map(|(e, _)| e)) else {
+            return;
+        };
+        let rule = self.rules[id as usize]
+            .as_ref()
+            .expect("applied rules exist");
+        let hold_for = rule.spec.for_.map_or(0, |d| d.millis());
+        let open = self.open.get(&(id, key.clone())).copied();
+        match (holds, open) {
+            (true, Some(_)) => self.fold(id, &key, ev, at),
+            (true, None) => {
+                let status = if hold_for == 0 {
+                    Status::Firing
+                } else {
+                    Status::Pending
+                };
+                self.open_or_fold(id, &key, ev, status, at);
+                if hold_for > 0 {
+                    self.set_state(id, &key, Some(KeyState::Threshold { since: at }));
+                    self.schedule(id, &key, at);
+                }
+            }
+            (
+                false,
+                Some(Open {
+                    status: Status::Pending,
+                }),
+            ) => {
+                self.discard(id, &key, at);
+                self.set_state(id, &key, None);
+            }
+            (false, Some(_)) => {
+                self.close(id, &key, at, ResolveReason::Condition);
+                self.set_state(id, &key, None);
+            }
+            (false, None) => {}
+        }
+    }
+
+    fn apply_count(&mut self, id: RuleId, event: &Event, val: ValId, at: i64) {
+        if self.holds(id, Some((event, val)), at) != Some(true) {
+            return;
+        }
+        let Some(key) = self.key_of(id, Some(event)) else {
+            return;
+        };
+        let rule = self.rules[id as usize]
+            .as_ref()
+            .expect("applied rules exist");
+        let distinct = rule.spec.distinct.as_ref().map(|path| {
+            lookup(&event.data, path).map_or_else(String::new, |v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        });
+        let slot = (id, key.clone());
+        let mut events = match self.states.remove(&slot) {
+            Some(KeyState::Count { events }) => events,
+            _ => VecDeque::new(),
+        };
+        events.push_back((at, distinct));
+        self.states.insert(slot, KeyState::Count { events });
+        self.dirty.insert((id, key.clone()));
+        self.recount(id, &key, Some((event, val)), at);
+    }
+
+    /// Drops what slid out of a count window, then fires, folds or resolves by the count.
+    fn recount(&mut self, id: RuleId, key: &str, ev: Option<(&Event, ValId)>, now: i64) {
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        let window = rule.spec.window.map_or(0, |d| d.millis());
+        let limit = rule.spec.threshold.unwrap_or(0);
+        let by_distinct = rule.spec.distinct.is_some();
+        let slot = (id, key.to_owned());
+        let Some(KeyState::Count { events }) = self.states.get_mut(&slot) else {
+            return;
+        };
+        let before = events.len();
+        while events.front().is_some_and(|(t, _)| *t <= now - window) {
+            events.pop_front();
+        }
+        let pruned = events.len() != before;
+        let count = if by_distinct {
+            events
+                .iter()
+                .filter_map(|(_, v)| v.as_deref())
+                .collect::<HashSet<_>>()
+                .len() as u64
+        } else {
+            events.len() as u64
+        };
+        let empty = events.is_empty();
+        if pruned {
+            self.dirty.insert(slot.clone());
+        }
+        let open = self.open.contains_key(&slot);
+        if count > limit {
+            match ev {
+                Some(_) if open => self.fold(id, key, ev, now),
+                Some(_) => self.open_or_fold(id, key, ev, Status::Firing, now),
+                None => {}
+            }
+        } else if open {
+            self.close(id, key, now, ResolveReason::Condition);
+        }
+        if empty {
+            self.set_state(id, key, None);
+        }
+        self.schedule(id, key, now);
+    }
+
+    fn apply_absence(&mut self, id: RuleId, event: &Event, val: ValId, at: i64) {
+        if self.holds(id, Some((event, val)), at) != Some(true) {
+            return;
+        }
+        let Some(key) = self.key_of(id, Some(event)) else {
+            return;
+        };
+        if self.open.contains_key(&(id, key.clone())) {
+            self.close(id, &key, at, ResolveReason::Condition);
+        }
+        self.set_state(id, &key, Some(KeyState::Absence { last: at }));
+        self.schedule(id, &key, at);
+    }
+
+    fn apply_script(&mut self, id: RuleId, event: &Event, val: ValId, hops: u8, at: i64) {
+        if self.holds(id, Some((event, val)), at) != Some(true) {
+            return;
+        }
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        let Some(script) = rule.script else { return };
+        let owner = rule.owner.clone();
+        let state = match self.states.get(&(id, String::new())) {
+            Some(KeyState::Script { state }) => state.clone(),
+            _ => Value::Null,
+        };
+        self.out.evaluations += 1;
+        let Some(b) = self.boxes.get_mut(&owner) else {
+            return;
+        };
+        let result = b.sandbox.call_script(script, val, &state);
+        let Some(outcome) = self.record(id, result) else {
+            return;
+        };
+        if outcome.state != state {
+            self.set_state(
+                id,
+                "",
+                Some(KeyState::Script {
+                    state: outcome.state,
+                }),
+            );
+        }
+        for action in outcome.actions {
+            match action {
+                ScriptAction::Fire(spec) => {
+                    let key = spec
+                        .get("key")
+                        .map(|k| match k {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .unwrap_or_else(|| {
+                            self.rules[id as usize]
+                                .as_ref()
+                                .map(|r| r.spec.name.clone())
+                                .unwrap_or_default()
+                        });
+                    if self.open.contains_key(&(id, key.clone())) {
+                        let value = spec.get("value").and_then(as_number);
+                        self.out.changes.push(Change::Fold {
+                            alert: self.rules[id as usize]
+                                .as_ref()
+                                .expect("exists")
+                                .alert(&key),
+                            at,
+                            event_time: event.time,
+                            value,
+                        });
+                    } else {
+                        let mut content = self.content(id, &key, Some(event), None);
+                        if let Some(s) = spec.get("summary").and_then(Value::as_str) {
+                            content.summary = s.to_owned();
+                        }
+                        if let Some(s) = spec
+                            .get("severity")
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.parse().ok())
+                        {
+                            content.severity = s;
+                        }
+                        content.value = spec.get("value").and_then(as_number).or(content.value);
+                        if let Some(Value::Object(labels)) = spec.get("labels") {
+                            for (k, v) in labels {
+                                let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                                content.labels.insert(k.clone(), v);
+                            }
+                        }
+                        self.open_with(id, &key, content, Status::Firing, at, event.time);
+                    }
+                }
+                ScriptAction::Resolve(key) => {
+                    if self.open.contains_key(&(id, key.clone())) {
+                        self.close(id, &key, at, ResolveReason::Script);
+                    }
+                }
+                ScriptAction::Emit {
+                    source,
+                    event: data,
+                } => {
+                    if hops + 1 >= MAX_HOPS {
+                        let r = self.rules[id as usize].as_ref().expect("exists");
+                        self.out.failures.push(RuleFailure {
+                            owner: r.owner.clone(),
+                            rule: r.spec.name.clone(),
+                            message: format!(
+                                "ctx.emit chain deeper than {MAX_HOPS} rules: event dropped"
+                            ),
+                        });
+                        continue;
+                    }
+                    if !data.is_object() || crate::event::validate_source_name(&source).is_err() {
+                        continue;
+                    }
+                    self.out.emitted.push((
+                        owner.clone(),
+                        Event {
+                            source,
+                            time: at,
+                            data,
+                        },
+                        hops + 1,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, id: RuleId, key: &str, due: i64, now: i64) {
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        let kind = rule.spec.kind;
+        let slot = (id, key.to_owned());
+        match (kind, self.states.get(&slot).cloned()) {
+            (RuleKind::Threshold, Some(KeyState::Threshold { .. })) => {
+                if let Some(Open {
+                    status: Status::Pending,
+                }) = self.open.get(&slot)
+                {
+                    self.open.insert(
+                        slot.clone(),
+                        Open {
+                            status: Status::Firing,
+                        },
+                    );
+                    let alert = self.rules[id as usize].as_ref().expect("exists").alert(key);
+                    self.out.changes.push(Change::Fire { alert, at: due });
+                }
+                self.set_state(id, key, None);
+            }
+            (RuleKind::Count, Some(KeyState::Count { .. })) => self.recount(id, key, None, due),
+            (RuleKind::Absence, Some(KeyState::Absence { .. }))
+                if !self.open.contains_key(&slot) =>
+            {
+                let content = self.content(id, key, None, None);
+                self.open_with(id, key, content, Status::Firing, due, due);
+            }
+            (RuleKind::Match, Some(KeyState::Match { .. })) => {
+                if self.open.contains_key(&slot) {
+                    self.close(id, key, due, ResolveReason::Expired);
+                }
+                self.set_state(id, key, None);
+            }
+            _ => {}
+        }
+        let _ = now;
+    }
+
+    /// A threshold rule on `_topic` alone: checked on its own clock.
+    fn on_tick(&mut self, id: RuleId, now: i64) {
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        if !rule.spec.is_active() {
+            return;
+        }
+        let owner = rule.owner.clone();
+        let every = rule.spec.every.map_or(DEFAULT_EVERY_MS, |d| d.millis());
+        self.sync_topics(&owner);
+        self.apply_threshold(id, None, now);
+        self.ticks.insert((now + every, id));
+    }
+
+    /// Sets up a new or changed rule's clocks: ticks for `_topic` rules, expected keys.
+    fn reschedule_rule(&mut self, id: RuleId, now: i64) {
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        if !rule.spec.is_active() {
+            return;
+        }
+        if rule.topic_only {
+            self.ticks.insert((now, id));
+        }
+        if rule.spec.kind == RuleKind::Absence {
+            for key in rule.spec.keys.clone() {
+                if !self.states.contains_key(&(id, key.clone())) {
+                    self.set_state(id, &key, Some(KeyState::Absence { last: now }));
+                }
+            }
+        }
+        let keys: Vec<String> = self
+            .states
+            .keys()
+            .filter(|(r, _)| *r == id)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in keys {
+            self.schedule(id, &key, now);
+        }
+    }
+
+    /// Sets the timer of (rule, key) from its state.
+    fn schedule(&mut self, id: RuleId, key: &str, _now: i64) {
+        let slot = (id, key.to_owned());
+        if let Some(old) = self.deadlines.remove(&slot) {
+            self.timers.remove(&(old, id, key.to_owned()));
+        }
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        let spec = &rule.spec;
+        let ms = |d: Option<crate::rule::Duration>| d.map_or(0, |d| d.millis());
+        let due = match self.states.get(&slot) {
+            Some(KeyState::Threshold { since }) => Some(since + ms(spec.for_)),
+            Some(KeyState::Count { events }) => events.front().map(|(t, _)| t + ms(spec.window)),
+            Some(KeyState::Absence { last }) if !self.open.contains_key(&slot) => {
+                Some(last + ms(spec.expect_every))
+            }
+            Some(KeyState::Match { last }) if spec.resolve_after.is_some() => {
+                Some(last + ms(spec.resolve_after))
+            }
+            _ => None,
+        };
+        if let Some(due) = due {
+            self.timers.insert((due, id, key.to_owned()));
+            self.deadlines.insert(slot, due);
+        }
+    }
+
+    fn set_state(&mut self, id: RuleId, key: &str, state: Option<KeyState>) {
+        let slot = (id, key.to_owned());
+        let changed = match state {
+            Some(s) => self.states.insert(slot.clone(), s.clone()) != Some(s),
+            None => {
+                if let Some(old) = self.deadlines.remove(&slot) {
+                    self.timers.remove(&(old, id, key.to_owned()));
+                }
+                self.states.remove(&slot).is_some()
+            }
+        };
+        if changed {
+            self.dirty.insert(slot);
+        }
+    }
+
+    /// The alert key for an event: the `key` template, the `group_by` values, or the rule name.
+    fn key_of(&mut self, id: RuleId, event: Option<&Event>) -> Option<String> {
+        let rule = self.rules[id as usize].as_ref()?;
+        if rule.templates.has("key") {
+            let ctx = self.context(id, "", event, None);
+            let rule = self.rules[id as usize].as_ref()?;
+            let rendered = rule.templates.render("key", &ctx);
+            return self
+                .record(id, rendered.map_err(ExprError::Thrown))
+                .flatten();
+        }
+        if !rule.spec.group_by.is_empty() {
+            let data = event.map(|e| &e.data);
+            let parts: Vec<String> = rule
+                .spec
+                .group_by
+                .iter()
+                .map(|path| {
+                    data.and_then(|d| lookup(d, path))
+                        .map_or_else(String::new, plain)
+                })
+                .collect();
+            return Some(parts.join("/"));
+        }
+        Some(rule.spec.name.clone())
+    }
+
+    fn context(
+        &self,
+        id: RuleId,
+        key: &str,
+        event: Option<&Event>,
+        value: Option<f64>,
+    ) -> minijinja::Value {
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return minijinja::Value::UNDEFINED;
+        };
+        let spec = &rule.spec;
+        let event_value = event.map_or(Value::Null, |e| e.data.clone());
+        minijinja::context! {
+            event => crate::template::to_value(&event_value),
+            e => crate::template::to_value(&event_value),
+            source => event.map(|e| e.source.clone()),
+            time => event.map(|e| e.time),
+            key => key,
+            value => value,
+            params => crate::template::to_value(spec.params.as_ref().unwrap_or(&Value::Null)),
+            rule => minijinja::context! {
+                name => &spec.name,
+                description => &spec.description,
+                severity => spec.severity.as_str(),
+                owner => &rule.owner,
+            },
+        }
+    }
+
+    /// Renders what a new alert says.
+    fn content(
+        &mut self,
+        id: RuleId,
+        key: &str,
+        event: Option<&Event>,
+        value: Option<f64>,
+    ) -> Content {
+        let ctx = self.context(id, key, event, value);
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return Content::default();
+        };
+        let spec = rule.spec.clone();
+        let mut errors = Vec::new();
+        let mut render = |name: &str| -> Option<String> {
+            match rule.templates.render(name, &ctx) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        };
+        let summary = render("summary").unwrap_or_else(|| {
+            let base = spec
+                .description
+                .clone()
+                .unwrap_or_else(|| spec.name.clone());
+            if key == spec.name {
+                base
+            } else {
+                format!("{base}: {key}")
+            }
+        });
+        let body = render("body").unwrap_or_default();
+        let mut labels: std::collections::BTreeMap<String, String> =
+            std::collections::BTreeMap::new();
+        if let Some(e) = event {
+            for path in &spec.group_by {
+                if let Some(v) = lookup(&e.data, path) {
+                    labels.insert(path.clone(), plain(v));
+                }
+            }
+        }
+        for name in spec.labels.keys() {
+            if let Some(v) = render(&format!("labels.{name}")) {
+                labels.insert(name.clone(), v);
+            }
+        }
+        let mut links = std::collections::BTreeMap::new();
+        for name in spec.links.keys() {
+            if let Some(v) = render(&format!("links.{name}")) {
+                links.insert(name.clone(), v);
+            }
+        }
+        let run = event.and_then(|e| e.data.get("run")).map(plain);
+        let content = Content {
+            severity: spec.severity,
+            summary,
+            body,
+            value,
+            labels,
+            links,
+            source: event.map(|e| e.source.clone()).unwrap_or_default(),
+            run,
+        };
+        for e in errors {
+            self.record::<()>(id, Err(ExprError::Thrown(e)));
+        }
+        content
+    }
+
+    fn open_or_fold(
+        &mut self,
+        id: RuleId,
+        key: &str,
+        ev: Option<(&Event, ValId)>,
+        status: Status,
+        at: i64,
+    ) {
+        if self.open.contains_key(&(id, key.to_owned())) {
+            self.fold(id, key, ev, at);
+            return;
+        }
+        let value = self.call_value(id, ev, at);
+        let event = ev.map(|(e, _)| e);
+        let content = self.content(id, key, event, value);
+        self.open_with(id, key, content, status, at, event.map_or(at, |e| e.time));
+    }
+
+    fn open_with(
+        &mut self,
+        id: RuleId,
+        key: &str,
+        content: Content,
+        status: Status,
+        at: i64,
+        event_time: i64,
+    ) {
+        let Some(rule) = self.rules[id as usize].as_mut() else {
+            return;
+        };
+        rule.open += 1;
+        let alert = rule.alert(key);
+        self.open.insert((id, key.to_owned()), Open { status });
+        self.out.changes.push(Change::Open {
+            alert,
+            status,
+            at,
+            event_time,
+            content,
+        });
+    }
+
+    fn fold(&mut self, id: RuleId, key: &str, ev: Option<(&Event, ValId)>, at: i64) {
+        let value = self.call_value(id, ev, at);
+        let Some(rule) = self.rules[id as usize].as_ref() else {
+            return;
+        };
+        self.out.changes.push(Change::Fold {
+            alert: rule.alert(key),
+            at,
+            event_time: ev.map_or(at, |(e, _)| e.time),
+            value,
+        });
+    }
+
+    fn close(&mut self, id: RuleId, key: &str, at: i64, reason: ResolveReason) {
+        let Some(open) = self.open.remove(&(id, key.to_owned())) else {
+            return;
+        };
+        let Some(rule) = self.rules[id as usize].as_mut() else {
+            return;
+        };
+        rule.open = rule.open.saturating_sub(1);
+        let alert = rule.alert(key);
+        let change = if open.status == Status::Pending {
+            Change::Discard { alert, at }
+        } else {
+            Change::Resolve { alert, at, reason }
+        };
+        self.out.changes.push(change);
+    }
+
+    fn discard(&mut self, id: RuleId, key: &str, at: i64) {
+        self.close(id, key, at, ResolveReason::Condition);
+    }
+}
+
+/// What a rule would do with some events: the result of a dry run.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DryRun {
+    pub changes: Vec<Change>,
+    pub emitted: Vec<EmittedEvent>,
+    pub errors: Vec<String>,
+}
+
+/// An event a script would emit.
+#[derive(Debug, serde::Serialize)]
+pub struct EmittedEvent {
+    pub source: String,
+    pub event: Value,
+}
+
+/// Runs `rules` of `owner` over `events` from scratch, then lets `advance_ms` pass, without
+/// storing anything. Events are taken at their own time (never earlier than the one before),
+/// so a `for` or a window plays out as it would have.
+pub fn dry_run(
+    limits: Limits,
+    owner: &str,
+    rules: Vec<RuleSpec>,
+    events: &[Event],
+    start: i64,
+    advance_ms: i64,
+) -> Result<DryRun, RuleError> {
+    let mut evaluator = Evaluator::new(limits);
+    // The events are the caller's own, so the rule may read all of them.
+    evaluator.access.set_admin(owner, true);
+    for rule in rules {
+        evaluator.upsert(owner, rule, start)?;
+    }
+    let mut result = DryRun::default();
+    let mut t = start;
+    let mut queue: VecDeque<(Event, u8)> = events.iter().cloned().map(|e| (e, 0)).collect();
+    while let Some((event, hops)) = queue.pop_front() {
+        t = t.max(event.time);
+        evaluator.on_event(&event, hops, t);
+        let out = evaluator.drain();
+        for (_, e, h) in out.emitted {
+            result.emitted.push(EmittedEvent {
+                source: e.source.clone(),
+                event: e.data.clone(),
+            });
+            queue.push_back((e, h));
+        }
+        result.changes.extend(out.changes);
+        result
+            .errors
+            .extend(out.failures.into_iter().map(|f| f.message));
+    }
+    evaluator.advance(t + advance_ms.max(0));
+    let out = evaluator.drain();
+    result.changes.extend(out.changes);
+    result
+        .errors
+        .extend(out.failures.into_iter().map(|f| f.message));
+    result.errors.dedup();
+    Ok(result)
+}
+
+/// Where a rule goes in the index: under its conditions' equalities, when every condition
+/// that can open or close one of its alerts from an event has some.
+fn filing(spec: &RuleSpec) -> Filing {
+    // A threshold resolves on events where `when` is false, and a script sees every event:
+    // both must meet all events of their source.
+    if matches!(spec.kind, RuleKind::Threshold | RuleKind::Script) {
+        return match (&spec.kind, &spec.when) {
+            (RuleKind::Script, Some(w)) => required_equalities(w)
+                .and_then(|e| e.into_iter().next())
+                .map_or(Filing::Always, |eq| Filing::Under(vec![eq])),
+            _ => Filing::Always,
+        };
+    }
+    let Some(when) = &spec.when else {
+        return Filing::Always;
+    };
+    // One equality per condition is enough to file under: every match must meet it.
+    let Some(first) = required_equalities(when).and_then(|e| e.into_iter().next()) else {
+        return Filing::Always;
+    };
+    let mut eqs = vec![first];
+    if let Some(resolve) = &spec.resolve_when {
+        match required_equalities(resolve).and_then(|e| e.into_iter().next()) {
+            Some(more) => eqs.push(more),
+            None => return Filing::Always,
+        }
+    }
+    Filing::Under(eqs)
+}
+
+/// A JSON value as text for keys and labels: strings without quotes.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn js_error(field: &str, e: ExprError) -> RuleError {
+    match e {
+        ExprError::Syntax {
+            message,
+            line,
+            column,
+        } => RuleError {
+            field: Some(field.to_owned()),
+            message: format!("JavaScript syntax error at line {line}, column {column}: {message}"),
+            line: Some(line),
+            column: Some(column),
+            failures: Vec::new(),
+        },
+        other => RuleError::new(Some(field), other.to_string()),
+    }
+}

@@ -1,0 +1,301 @@
+//! `/api/v1/alerts…`, `/api/v1/history`, `/api/v1/stream` and alert statistics.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tellify_core::alert::AlertKey;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{ApiError, ApiResult, AppState, Caller};
+use crate::store::{Alert, AlertFilter, HistoryFilter, StatField};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1_000;
+
+fn limit(requested: Option<i64>) -> ApiResult<i64> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_request",
+            format!("`limit` must be 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// `GET /api/v1/alerts?status=&rule=&severity=&label.K=V&limit=&cursor=`
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts",
+    params(("status" = Option<String>, Query, description = "pending | firing | resolved"),
+           ("rule" = Option<String>, Query, description = "rule name"),
+           ("severity" = Option<String>, Query, description = "critical | error | warning | info"),
+           ("limit" = Option<i64>, Query, description = "page size, 1 to 1000 (default 100)"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, description = "newest first", body = [Alert])))]
+pub async fn list_alerts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
+    let mut filter = AlertFilter {
+        owner: caller.scope(),
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    for (k, v) in query {
+        match k.as_str() {
+            "status" => {
+                filter.status = Some(
+                    v.parse()
+                        .map_err(|m| ApiError::bad_request("bad_request", m))?,
+                )
+            }
+            "severity" => {
+                filter.severity = Some(
+                    v.parse()
+                        .map_err(|m| ApiError::bad_request("bad_request", m))?,
+                )
+            }
+            "rule" => filter.rule = Some(v),
+            "owner" if caller.user.is_admin() => filter.owner = Some(v),
+            "limit" => {
+                filter.limit = limit(Some(v.parse().map_err(|_| {
+                    ApiError::bad_request("bad_request", "`limit` must be a number")
+                })?))?
+            }
+            "cursor" => filter.before = Some(v),
+            other => match other.strip_prefix("label.") {
+                Some(label) if !label.is_empty() => filter.labels.push((label.to_owned(), v)),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "bad_request",
+                        format!("unknown filter `{other}`"),
+                    ));
+                }
+            },
+        }
+    }
+    let alerts = state.store.list_alerts(&filter).await?;
+    let next_cursor = (alerts.len() as i64 == filter.limit)
+        .then(|| alerts.last().map(|a| a.id.clone()))
+        .flatten();
+    Ok(Json(
+        json!({ "alerts": alerts, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn visible(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Alert> {
+    match state.store.get_alert(id).await? {
+        Some(a) if caller.sees(&a.owner) => Ok(a),
+        _ => Err(ApiError::not_found("alert")),
+    }
+}
+
+/// One alert with its history.
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "alert id")),
+    responses((status = 200, description = "the alert and its history"), (status = 404, description = "no such alert")))]
+pub async fn get_alert(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let alert = visible(&state, &caller, &id).await?;
+    let history = state
+        .store
+        .history(&HistoryFilter {
+            alert_id: Some(id),
+            limit: MAX_LIMIT,
+            ..Default::default()
+        })
+        .await?;
+    let mut out = serde_json::to_value(&alert).map_err(|e| ApiError::internal(e.into()))?;
+    out["history"] = json!(history);
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
+    params(("id" = String, Path, description = "alert id")),
+    responses((status = 200, description = "acknowledged", body = Alert), (status = 404, description = "no such alert"),
+              (status = 409, description = "already resolved")))]
+pub async fn ack_alert(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Alert>> {
+    let alert = visible(&state, &caller, &id).await?;
+    if alert.status == "resolved" {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            "the alert is already resolved",
+        ));
+    }
+    let now = state.clock.now();
+    let acked = state
+        .store
+        .ack_alert(&id, &caller.user.name, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("alert"))?;
+    let _ = state.alerts.send(acked.clone());
+    Ok(Json(acked))
+}
+
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/resolve", tag = "alerts",
+    params(("id" = String, Path, description = "alert id")),
+    responses((status = 200, description = "resolved by hand", body = Alert), (status = 404, description = "no such alert"),
+              (status = 409, description = "already resolved")))]
+pub async fn resolve_alert(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Alert>> {
+    let alert = visible(&state, &caller, &id).await?;
+    let key = AlertKey {
+        owner: alert.owner.clone(),
+        rule: alert.rule.clone(),
+        key: alert.key.clone(),
+    };
+    if alert.status == "resolved" || !state.engine.resolve(key).await {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            "the alert is already resolved",
+        ));
+    }
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "alert.resolve",
+            &id,
+            None,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(Json(visible(&state, &caller, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub rule: Option<String>,
+    /// Epoch ms or RFC 3339.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<i64>,
+}
+
+fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
+    let Some(v) = v else { return Ok(None) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(&v)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("`{name}` must be epoch ms or RFC 3339"),
+            )
+        })
+}
+
+/// Transitions (in/out times and messages), newest first.
+#[utoipa::path(get, path = "/api/v1/history", tag = "alerts",
+    params(("rule" = Option<String>, Query, description = "rule name"),
+           ("from" = Option<String>, Query, description = "epoch ms or RFC 3339"),
+           ("to" = Option<String>, Query, description = "epoch ms or RFC 3339")),
+    responses((status = 200, description = "history entries")))]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Value>> {
+    let filter = HistoryFilter {
+        owner: caller.scope(),
+        rule: q.rule,
+        alert_id: None,
+        from: time_param("from", q.from)?,
+        to: time_param("to", q.to)?,
+        limit: limit(q.limit)?,
+    };
+    Ok(Json(
+        json!({ "history": state.store.history(&filter).await? }),
+    ))
+}
+
+/// Server-Sent Events: every alert change the caller may see, as `event: alert`.
+#[utoipa::path(get, path = "/api/v1/stream", tag = "alerts",
+    responses((status = 200, description = "text/event-stream of alert changes")))]
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = state.alerts.subscribe();
+    let events = BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(alert) if caller.sees(&alert.owner) => {
+            let data = serde_json::to_string(&alert).unwrap_or_default();
+            Some(Ok(SseEvent::default()
+                .event("alert")
+                .id(alert.id.clone())
+                .data(data)))
+        }
+        Ok(_) => None,
+        // A slow reader missed changes: tell it to reload rather than silently skip.
+        Err(_) => Some(Ok(SseEvent::default().event("lagged").data("{}"))),
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatsQuery {
+    pub group_by: Option<String>,
+}
+
+/// Alert counts, e.g. per source and pipeline run: `?group_by=source,run`.
+#[utoipa::path(get, path = "/api/v1/stats/alerts", tag = "alerts",
+    params(("group_by" = Option<String>, Query, description = "comma-separated: source, run, rule, severity, status")),
+    responses((status = 200, description = "counts per group")))]
+pub async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<StatsQuery>,
+) -> ApiResult<Json<Value>> {
+    let fields = q
+        .group_by
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            StatField::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_request",
+                    format!("cannot group by `{s}`: use source, run, rule, severity, status"),
+                )
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let rows = state
+        .store
+        .alert_stats(caller.scope().as_deref(), &fields)
+        .await?;
+    let groups: Vec<Value> = rows
+        .into_iter()
+        .map(|(keys, n)| {
+            let mut g = serde_json::Map::new();
+            for (f, k) in fields.iter().zip(keys) {
+                g.insert(f.column().to_owned(), json!(k));
+            }
+            g.insert("alerts".into(), json!(n));
+            Value::Object(g)
+        })
+        .collect();
+    Ok(Json(json!({ "groups": groups })))
+}

@@ -1,0 +1,153 @@
+//! The HTTP API around the store: `/api/v1/…`, health, metrics and the OpenAPI document.
+//!
+//! [`router`] builds the whole application without a socket, so tests and `app::run` share it.
+//! Every handler takes a [`Caller`] (the authenticated user) and answers another user's
+//! object with `404`, exactly as for a missing one: existence is not leaked.
+
+pub mod alerts;
+pub mod error;
+pub mod openapi;
+pub mod rules;
+pub mod system;
+pub mod users;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use tellify_core::expr::Limits;
+use tokio::sync::broadcast;
+
+use crate::auth::hash_token;
+use crate::clock::Clock;
+use crate::engine::EngineHandle;
+use crate::metrics::Metrics;
+use crate::sources::Ingest;
+use crate::store::{Alert, Store, User};
+pub use error::{ApiError, ApiResult};
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: EngineHandle,
+    pub ingest: Ingest,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub alerts: broadcast::Sender<Alert>,
+    pub limits: Limits,
+    pub body_limit: usize,
+    /// Requests per second per token on event ingest; 0 turns the limit off.
+    pub rate_limit: u32,
+    pub buckets: Arc<Mutex<HashMap<String, (f64, i64)>>>,
+    /// Whether the test clock endpoint is mounted (`TELLIFY_FAKE_CLOCK`).
+    pub fake_clock: bool,
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    pub token_hash: String,
+}
+
+impl Caller {
+    /// The owner filter for list queries: admins see everything.
+    pub fn scope(&self) -> Option<String> {
+        (!self.user.is_admin()).then(|| self.user.name.clone())
+    }
+
+    /// Whether the caller may see an object owned by `owner`.
+    pub fn sees(&self, owner: &str) -> bool {
+        self.user.is_admin() || self.user.name == owner
+    }
+
+    /// The owner a request acts for: the caller, or for admins the `owner` they name.
+    pub fn acting_for(&self, owner: Option<&str>) -> ApiResult<String> {
+        match owner {
+            None => Ok(self.user.name.clone()),
+            Some(o) if o == self.user.name => Ok(o.to_owned()),
+            Some(o) if self.user.is_admin() => Ok(o.to_owned()),
+            Some(_) => Err(ApiError::forbidden("only admins act for other users")),
+        }
+    }
+
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.user.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this needs the admin role"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(ApiError::unauthorized)?;
+        let token_hash = hash_token(token);
+        let user = state
+            .store
+            .user_by_token(&token_hash)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(Caller { user, token_hash })
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    let mut api = Router::new()
+        .route("/events", post(crate::sources::http::post_events))
+        .route("/topics", get(system::list_topics))
+        .route("/topics/{source}", get(system::get_topic))
+        .route("/sources", get(system::list_sources))
+        .route("/rules", get(rules::list_rules))
+        .route("/rules/test", post(rules::test_unsaved))
+        .route(
+            "/rules/{name}",
+            get(rules::get_rule)
+                .put(rules::put_rule)
+                .delete(rules::delete_rule),
+        )
+        .route("/rules/{name}/test", post(rules::test_rule))
+        .route("/templates", get(rules::list_templates))
+        .route("/alerts", get(alerts::list_alerts))
+        .route("/alerts/{id}", get(alerts::get_alert))
+        .route("/alerts/{id}/ack", post(alerts::ack_alert))
+        .route("/alerts/{id}/resolve", post(alerts::resolve_alert))
+        .route("/history", get(alerts::history))
+        .route("/stream", get(alerts::stream))
+        .route("/stats/alerts", get(alerts::stats))
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route("/users/{name}", get(users::get_user))
+        .route("/me", get(users::me))
+        .route("/tokens", get(users::list_tokens).post(users::create_token))
+        .route("/tokens/{id}", axum::routing::delete(users::delete_token))
+        .route("/audit", get(system::audit))
+        .route("/openapi.json", get(openapi::document));
+    if state.fake_clock {
+        api = api.route("/_test/clock", post(system::advance_clock));
+    }
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .fallback(system::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,140 @@
+//! Topics and sources, Tellify's own health, the audit log, and the test clock.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, ApiResult, AppState, Caller};
+use crate::metrics::SeverityLabel;
+
+/// The latest event of every source the caller may read.
+#[utoipa::path(get, path = "/api/v1/topics", tag = "events",
+    responses((status = 200, description = "source name → {event, time}")))]
+pub async fn list_topics(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let mut out = Map::new();
+    for s in state.store.sources().await? {
+        if state.ingest.may_read(&caller.user, &s.name) {
+            out.insert(
+                s.name.clone(),
+                json!({ "event": s.last_event, "time": s.last_time }),
+            );
+        }
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{source}", tag = "events",
+    params(("source" = String, Path, description = "source name")),
+    responses((status = 200, description = "{source, event, time}"), (status = 404, description = "no such source")))]
+pub async fn get_topic(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(source): Path<String>,
+) -> ApiResult<Json<Value>> {
+    match state.store.source(&source).await? {
+        Some(s) if state.ingest.may_read(&caller.user, &s.name) => Ok(Json(
+            json!({ "source": s.name, "event": s.last_event, "time": s.last_time }),
+        )),
+        _ => Err(ApiError::not_found("source")),
+    }
+}
+
+/// Sources the caller may read, with owner, visibility and counts.
+#[utoipa::path(get, path = "/api/v1/sources", tag = "events", responses((status = 200, description = "sources")))]
+pub async fn list_sources(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let sources: Vec<Value> = state
+        .store
+        .sources()
+        .await?
+        .into_iter()
+        .filter(|s| state.ingest.may_read(&caller.user, &s.name))
+        .map(|s| {
+            json!({"name": s.name, "kind": "http", "owner": s.owner, "visibility": s.visibility,
+                   "events": s.events, "last_time": s.last_time, "state": "up"})
+        })
+        .collect();
+    Ok(Json(json!({ "sources": sources })))
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "database": "ok" })),
+        ),
+        Err(e) => {
+            tracing::warn!(message = "Readiness check failed.", error = %format!("{e:#}"));
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not_ready", "database": "unreachable" })),
+            )
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(counts) = state.store.open_counts().await {
+        state.metrics.alerts_open.clear();
+        for (status, severity, n) in counts {
+            if status == "firing" {
+                state
+                    .metrics
+                    .alerts_open
+                    .get_or_create(&SeverityLabel { severity })
+                    .set(n);
+            }
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "users", responses((status = 200, description = "who changed what (admin)")))]
+pub async fn audit(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    Ok(Json(
+        json!({ "audit": state.store.list_audit(1_000).await? }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advance {
+    /// How far to move the clock, e.g. `90s`.
+    pub advance: String,
+}
+
+/// Moves the fake clock (only mounted when `TELLIFY_FAKE_CLOCK` is set) and runs due timers.
+pub async fn advance_clock(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<Advance>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let d: tellify_core::rule::Duration = body
+        .advance
+        .parse()
+        .map_err(|m| ApiError::bad_request("bad_request", m))?;
+    state.clock.advance(d.millis());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.engine.send(crate::engine::Command::Tick);
+    state.engine.send(crate::engine::Command::Barrier(tx));
+    let _ = rx.await;
+    Ok(Json(json!({ "now": state.clock.now() })))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

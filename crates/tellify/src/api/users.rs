@@ -1,0 +1,214 @@
+//! `/api/v1/users`, `/api/v1/me` and `/api/v1/tokens`: accounts and their API tokens.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, AppState, Caller};
+use crate::auth::{hash_token, new_token};
+use crate::store::User;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    pub email: Option<String>,
+    /// `admin` or `user` (default).
+    pub role: Option<String>,
+    /// IANA time zone (default `UTC`).
+    pub timezone: Option<String>,
+    /// Web password (write-only).
+    pub password: Option<String>,
+}
+
+/// Hashes a web password with argon2id.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("Failed to hash a password: {e}"))
+}
+
+/// Checks and builds a user; shared by the API and `tellify users add`.
+pub fn build_user(new: NewUser) -> Result<User, String> {
+    let name_ok = !new.name.is_empty()
+        && new.name.len() <= 64
+        && new
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if !name_ok {
+        return Err("`name` must be 1 to 64 characters of letters, digits and `._-@`".into());
+    }
+    let role = new.role.unwrap_or_else(|| "user".into());
+    if role != "admin" && role != "user" {
+        return Err("`role` must be `admin` or `user`".into());
+    }
+    let timezone = new.timezone.unwrap_or_else(|| "UTC".into());
+    timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("`timezone` `{timezone}` is not an IANA time zone (e.g. Europe/Berlin)")
+    })?;
+    if let Some(email) = &new.email
+        && !email.contains('@')
+    {
+        return Err("`email` is not an email address".into());
+    }
+    let password_hash = match new.password {
+        Some(p) if p.len() < 8 => return Err("`password` must have at least 8 characters".into()),
+        Some(p) => Some(hash_password(&p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    Ok(User {
+        name: new.name,
+        email: new.email,
+        role,
+        timezone,
+        password_hash,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    responses((status = 200, description = "every user (admin)", body = [User])))]
+pub async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    Ok(Json(json!({ "users": state.store.list_users().await? })))
+}
+
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser,
+    responses((status = 201, description = "created", body = User), (status = 409, description = "the name is taken")))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(new): Json<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    caller.require_admin()?;
+    let user = build_user(new).map_err(|m| ApiError::bad_request("invalid_user", m))?;
+    let now = state.clock.now();
+    if !state.store.create_user(&user, now).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("the user `{}` exists", user.name),
+        ));
+    }
+    state.engine.send(crate::engine::Command::SetAdmin {
+        user: user.name.clone(),
+        admin: user.is_admin(),
+    });
+    state
+        .store
+        .audit(&caller.user.name, "user.create", &user.name, None, now)
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{name}", tag = "users",
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, description = "the user", body = User), (status = 404, description = "no such user")))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<User>> {
+    if !caller.sees(&name) {
+        return Err(ApiError::not_found("user"));
+    }
+    state
+        .store
+        .get_user(&name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("user"))
+}
+
+#[utoipa::path(get, path = "/api/v1/me", tag = "users", responses((status = 200, description = "the caller", body = User)))]
+pub async fn me(caller: Caller) -> Json<User> {
+    Json(caller.user)
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// A label for the token.
+    pub name: Option<String>,
+    /// Admins: create the token for this user.
+    pub user: Option<String>,
+}
+
+/// Creates a token; the answer is the only time the token is shown.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "users", request_body = NewToken,
+    responses((status = 201, description = "`{id, token}`")))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Option<Json<NewToken>>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let user = caller.acting_for(body.user.as_deref())?;
+    if state.store.get_user(&user).await?.is_none() {
+        return Err(ApiError::not_found("user"));
+    }
+    let token = new_token();
+    let now = state.clock.now();
+    let info = state
+        .store
+        .create_token(
+            &user,
+            body.name.as_deref().unwrap_or(""),
+            &hash_token(&token),
+            now,
+        )
+        .await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "token.create",
+            &info.id,
+            Some(&user),
+            now,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": info.id, "token": token, "user": user })),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "users", responses((status = 200, description = "tokens (never their values)")))]
+pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "tokens": state.store.list_tokens(caller.scope().as_deref()).await? }),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "users",
+    params(("id" = String, Path, description = "token id")),
+    responses((status = 204, description = "revoked"), (status = 404, description = "no such token")))]
+pub async fn delete_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if !state
+        .store
+        .delete_token(&id, caller.scope().as_deref())
+        .await?
+    {
+        return Err(ApiError::not_found("token"));
+    }
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "token.revoke",
+            &id,
+            None,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

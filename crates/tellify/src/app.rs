@@ -1,0 +1,254 @@
+//! The composition root: builds every part of the server and wires the pipeline
+//! sources → engine → store, with the API around the store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tellify_core::expr::Limits;
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::auth::{hash_token, new_token};
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::config::{ConfigFile, ServeArgs};
+use crate::engine::{self, Command, EngineParts};
+use crate::metrics::Metrics;
+use crate::sources::Ingest;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, User};
+
+/// The name of the user created on first start.
+pub const ADMIN: &str = "admin";
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine_thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops gracefully: no new connections, in-flight requests finish, the engine commits.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.server.await.context("The HTTP server task failed")??;
+        self.state.engine.send(Command::Shutdown);
+        tokio::task::spawn_blocking(move || self.engine_thread.join())
+            .await
+            .context("Failed to wait for the engine")?
+            .map_err(|_| anyhow::anyhow!("The engine thread panicked"))?;
+        Ok(())
+    }
+}
+
+/// Opens the store the settings name.
+pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "Failed to create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    match args.database_url.as_deref() {
+        None => Ok(Arc::new(
+            SqliteStore::open(&args.data_dir.join("tellify.db")).await?,
+        )),
+        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(url).await?)),
+        Some(url) if url.starts_with("postgres") => {
+            anyhow::bail!("PostgreSQL is not supported by this version yet; use sqlite://PATH")
+        }
+        Some(url) => anyhow::bail!(
+            "unknown database URL scheme in `{}`",
+            url.split(':').next().unwrap_or("")
+        ),
+    }
+}
+
+/// The server's secret key (for encrypting channel secrets), created on first start.
+fn ensure_secret_key(data_dir: &Path) -> Result<()> {
+    let path = data_dir.join("secret.key");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    std::fs::write(&path, hex::encode(key))
+        .with_context(|| format!("Failed to write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// On first start, creates `admin` with a token and web password (from the environment or
+/// new ones, printed once to stderr).
+async fn bootstrap_admin(store: &dyn Store, now: i64) -> Result<()> {
+    if store.user_count().await? > 0 {
+        return Ok(());
+    }
+    let env_token = std::env::var("TELLIFY_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let env_password = std::env::var("TELLIFY_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let token = env_token.clone().unwrap_or_else(new_token);
+    let password = env_password
+        .clone()
+        .unwrap_or_else(|| new_token()[4..28].to_owned());
+    let user = User {
+        name: ADMIN.into(),
+        email: None,
+        role: "admin".into(),
+        timezone: "UTC".into(),
+        password_hash: Some(api::users::hash_password(&password)?),
+    };
+    store.create_user(&user, now).await?;
+    store
+        .create_token(ADMIN, "bootstrap", &hash_token(&token), now)
+        .await?;
+    if env_token.is_none() || env_password.is_none() {
+        eprintln!("\nFirst start: created the user `admin`. These are shown once:");
+        if env_token.is_none() {
+            eprintln!("  admin API token:    {token}");
+        }
+        if env_password.is_none() {
+            eprintln!("  admin web password: {password}");
+        }
+        eprintln!();
+    }
+    Ok(())
+}
+
+/// Builds and starts everything; returns once the server listens.
+pub async fn start(args: ServeArgs) -> Result<Running> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let clock: Arc<dyn Clock> = match args.fake_clock {
+        Some(start) => {
+            warn!(message = "Using a manual test clock.", start);
+            Arc::new(ManualClock::new(start))
+        }
+        None => Arc::new(SystemClock),
+    };
+    let retention: tellify_core::rule::Duration = args
+        .event_retention
+        .parse()
+        .map_err(|m: String| anyhow::anyhow!("--event-retention: {m}"))?;
+    let store = open_store(&args).await?;
+    ensure_secret_key(&args.data_dir)?;
+    bootstrap_admin(store.as_ref(), clock.now()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let (alerts, _) = broadcast::channel(4096);
+    let limits = Limits {
+        cpu_budget: Duration::from_millis(args.js_cpu_ms.max(1)),
+        memory_limit: args.js_memory_mib.max(1) * 1024 * 1024,
+        ..Limits::default()
+    };
+    let owners = crate::sources::Owners::load(store.as_ref()).await?;
+    let (engine, engine_thread) = engine::start(EngineParts {
+        store: store.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        alerts: alerts.clone(),
+        limits,
+        owners: owners.clone(),
+    })
+    .await?;
+    let ingest = Ingest::start(store.clone(), engine.clone(), metrics.clone(), owners);
+    let state = AppState {
+        store: store.clone(),
+        engine,
+        ingest,
+        clock: clock.clone(),
+        metrics,
+        alerts,
+        limits,
+        body_limit: args.body_limit,
+        rate_limit: args.rate_limit,
+        buckets: Arc::new(Mutex::new(HashMap::new())),
+        fake_clock: args.fake_clock.is_some(),
+    };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut rule_paths = args.rules.clone();
+    rule_paths.extend(file.rules);
+    if !rule_paths.is_empty() {
+        crate::rule_files::load_all(&state, ADMIN, &rule_paths).await;
+        tokio::spawn(crate::rule_files::watch(
+            state.clone(),
+            ADMIN.into(),
+            rule_paths,
+            shutdown_rx.clone(),
+        ));
+    }
+    if args.demo {
+        crate::demo::start(state.clone(), shutdown_rx.clone()).await?;
+    }
+    tokio::spawn(prune(
+        store.clone(),
+        clock.clone(),
+        retention.millis(),
+        shutdown_rx.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("Failed to listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let app = api::router(state.clone());
+    let mut stop = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    info!(message = "Tellify is listening.", %addr);
+    Ok(Running {
+        addr,
+        state,
+        shutdown,
+        server,
+        engine_thread,
+    })
+}
+
+/// Keeps the event log bounded: evaluated events older than the retention go.
+async fn prune(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    retention_ms: i64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = shutdown.changed() => return,
+        }
+        match store.prune_events(clock.now() - retention_ms).await {
+            Ok(0) => {}
+            Ok(n) => info!(message = "Pruned old events.", events = n),
+            Err(e) => warn!(message = "Failed to prune old events.", error = %format!("{e:#}")),
+        }
+    }
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(args: ServeArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let running = start(args).await?;
+    eprintln!("Tellify listening on http://{}", running.addr);
+    shutdown.await;
+    info!(message = "Shutting down.");
+    running.stop().await
+}

@@ -1,0 +1,92 @@
+//! `tellify serve` settings: flags, their `TELLIFY_*` environment variables, and the YAML
+//! config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "TELLIFY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the SQLite database and secret key live.
+    #[arg(long, env = "TELLIFY_DATA_DIR", default_value = "./tellify-data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` (default: DATA_DIR/tellify.db).
+    #[arg(long, env = "TELLIFY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// YAML file with top-level `sources`, `channels`, `smtp` and `rules` (paths).
+    #[arg(long, env = "TELLIFY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Rule files or folders of them; loaded at start and reloaded when they change.
+    #[arg(long = "rules", env = "TELLIFY_RULES", value_delimiter = ',')]
+    pub rules: Vec<PathBuf>,
+    /// `text` or `json` logs.
+    #[arg(long, env = "TELLIFY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Load example rules and feed synthetic events.
+    #[arg(long, env = "TELLIFY_DEMO")]
+    pub demo: bool,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TELLIFY_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Event requests per second per API token (0: no limit).
+    #[arg(long, env = "TELLIFY_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// CPU budget of one JavaScript evaluation, in milliseconds.
+    #[arg(long, env = "TELLIFY_JS_CPU_MS", default_value_t = 10)]
+    pub js_cpu_ms: u64,
+    /// JavaScript memory per rule owner, in MiB.
+    #[arg(long, env = "TELLIFY_JS_MEMORY_MIB", default_value_t = 16)]
+    pub js_memory_mib: usize,
+    /// How long evaluated events are kept in the log.
+    #[arg(long, env = "TELLIFY_EVENT_RETENTION", default_value = "1d")]
+    pub event_retention: String,
+    /// Tests only: start a manual clock at this epoch-ms time, moved by `POST /api/v1/_test/clock`.
+    #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
+    pub fake_clock: Option<i64>,
+}
+
+/// The config file (`--config`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    #[serde(default)]
+    pub sources: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub channels: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub smtp: Option<serde_json::Value>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Failed to read the config file {}", path.display()))?;
+        let config: ConfigFile = serde_saphyr::from_str(&text)
+            .with_context(|| format!("The config file {} is not valid", path.display()))?;
+        // Refuse rather than ignore: a config that names brokers must not start silently without them.
+        if !config.sources.is_empty() {
+            bail!(
+                "{}: broker `sources` are not supported by this version yet",
+                path.display()
+            );
+        }
+        if !config.channels.is_empty() || config.smtp.is_some() {
+            bail!(
+                "{}: `channels` and `smtp` are not supported by this version yet",
+                path.display()
+            );
+        }
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        Ok(ConfigFile {
+            rules: config.rules.into_iter().map(|p| base.join(p)).collect(),
+            ..config
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! `tellify serve --demo`: the example rule packs and a feed of synthetic events, so a
+//! newcomer sees alerts open and resolve within seconds of the first start.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+use tellify_core::rule;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::api::AppState;
+use crate::app::ADMIN;
+use crate::store::NewEvent;
+
+/// The example packs shipped in `examples/`, built into the binary.
+pub const EXAMPLES: [(&str, &str); 7] = [
+    ("dataos.yaml", include_str!("../../../examples/dataos.yaml")),
+    ("builds.yaml", include_str!("../../../examples/builds.yaml")),
+    ("disk.yaml", include_str!("../../../examples/disk.yaml")),
+    (
+        "heartbeat.yaml",
+        include_str!("../../../examples/heartbeat.yaml"),
+    ),
+    (
+        "dt-gateway.yaml",
+        include_str!("../../../examples/dt-gateway.yaml"),
+    ),
+    (
+        "sensors.yaml",
+        include_str!("../../../examples/sensors.yaml"),
+    ),
+    (
+        "datahub.yaml",
+        include_str!("../../../examples/datahub.yaml"),
+    ),
+];
+
+pub async fn start(state: AppState, shutdown: watch::Receiver<bool>) -> Result<()> {
+    for (file, text) in EXAMPLES {
+        for doc in rule::parse_yaml(text)? {
+            let name = doc.name().to_owned();
+            if let Err(e) = state
+                .engine
+                .put_rule(ADMIN, doc, &format!("demo:{file}"))
+                .await
+            {
+                warn!(message = "An example rule does not load.", rule = %name, error = %e);
+            }
+        }
+    }
+    tokio::spawn(feed(state, shutdown));
+    Ok(())
+}
+
+/// One synthetic event of each kind every two seconds, drifting so alerts open and close.
+async fn feed(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+        tick += 1;
+        let now = state.clock.now();
+        let wave = |period: u64, lo: f64, hi: f64| {
+            let phase = (tick % period) as f64 / period as f64;
+            lo + (hi - lo) * (phase * std::f64::consts::TAU).sin().abs()
+        };
+        let mut events = vec![
+            (
+                "disk",
+                json!({"host": "cadfs01", "fs": "/sarc/cad", "kind": "disk", "used_pct": (wave(90, 80.0, 99.0) * 10.0).round() / 10.0}),
+            ),
+            (
+                "metrics",
+                json!({"host": "web-1", "cpu": (wave(200, 40.0, 99.0)).round()}),
+            ),
+            (
+                "cluster.metrics",
+                json!({"numAppsRunning": (tick / 15) % 9, "numAppsPending": 1}),
+            ),
+            (
+                "vitals",
+                json!({"patient": "p-7", "bpm": wave(60, 70.0, 140.0).round()}),
+            ),
+        ];
+        // The license server's heartbeat stops for two minutes out of every five.
+        events.push((
+            "heartbeats",
+            json!({"host": "caddashboard", "kind": "heartbeat", "words": ["alive"]}),
+        ));
+        if tick % 150 < 90 {
+            events.push((
+                "heartbeats",
+                json!({"host": "cadlicense", "kind": "heartbeat", "words": ["alive"]}),
+            ));
+        }
+        if tick.is_multiple_of(20) {
+            let state_name = if tick.is_multiple_of(40) {
+                "SUCCEEDED"
+            } else {
+                "FAILED"
+            };
+            events.push(("dataos", json!({"data": {"actionName": "wf-demo/ingest", "kind": "job", "namespace": "public", "state": state_name, "owner": "demo"}})));
+        }
+        let events = events
+            .into_iter()
+            .map(|(source, data)| NewEvent {
+                source: source.into(),
+                time: now,
+                received: now,
+                hops: 0,
+                data,
+            })
+            .collect();
+        if let Err(e) = state.ingest.submit(ADMIN, events).await {
+            warn!(message = "Demo events were not stored.", error = %e);
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! ② The engine: rules applied to stored events and to the clock; alert changes committed.
+//!
+//! One thread owns the [`Evaluator`] (QuickJS runtimes are single-threaded, and one owner of
+//! all rule state needs no locks). Everything that changes rules or alerts reaches it as a
+//! [`Command`] on one channel, so changes apply in one order. After each batch it commits the
+//! alert changes, rule state and its checkpoint (the last event seq evaluated) in one store
+//! transaction. At start it restores that state and replays the events after the checkpoint:
+//! an event accepted before a crash is evaluated exactly once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tellify_core::alert::{AlertKey, Change, Status};
+use tellify_core::eval::Evaluator;
+use tellify_core::event::Event;
+use tellify_core::expr::Limits;
+use tellify_core::rule::{self, RuleDoc, RuleError, RuleSpec};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::metrics::{Metrics, RuleLabel, RuleSourceLabel};
+use crate::sources::Owners;
+use crate::store::{
+    Alert, Committed, EngineCommit, EventBatch, NewEvent, RuleWrite, Store, StoredEvent, StoredRule,
+};
+
+/// Events read per replay step at start.
+const REPLAY_CHUNK: i64 = 5_000;
+/// Events evaluated before a commit, when commands queue up.
+const MAX_BATCH_EVENTS: usize = 20_000;
+
+/// What the engine is asked to do.
+pub enum Command {
+    /// Events stored by the ingest writer; `claims` are sources first seen in them.
+    Events {
+        events: Vec<StoredEvent>,
+        claims: Vec<(String, String)>,
+    },
+    /// Saves a rule document (a rule, template or instance) for `owner`.
+    PutRule {
+        owner: String,
+        doc: RuleDoc,
+        origin: String,
+        reply: oneshot::Sender<Result<(), RuleError>>,
+    },
+    DeleteRule {
+        owner: String,
+        name: String,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A person resolves an alert.
+    Resolve {
+        alert: AlertKey,
+        reply: oneshot::Sender<bool>,
+    },
+    SetAdmin {
+        user: String,
+        admin: bool,
+    },
+    /// The clock moved (tests): check timers now.
+    Tick,
+    /// Answers once everything sent before it is evaluated and committed.
+    Barrier(oneshot::Sender<()>),
+    Shutdown,
+}
+
+/// A cheap handle for sending commands to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    pub fn send(&self, command: Command) {
+        // The engine only stops at shutdown; a command sent after that has nothing to do.
+        let _ = self.tx.send(command);
+    }
+
+    pub async fn put_rule(&self, owner: &str, doc: RuleDoc, origin: &str) -> Result<(), RuleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::PutRule {
+            owner: owner.to_owned(),
+            doc,
+            origin: origin.to_owned(),
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(RuleError::new(None, "the engine is shutting down")))
+    }
+
+    pub async fn delete_rule(&self, owner: &str, name: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::DeleteRule {
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            reply,
+        });
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn resolve(&self, alert: AlertKey) -> bool {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Resolve { alert, reply });
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// What the engine needs from the rest of the server.
+pub struct EngineParts {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub alerts: broadcast::Sender<Alert>,
+    pub limits: Limits,
+    /// Who owns each source, shared with ingest.
+    pub owners: Owners,
+}
+
+/// Starts the engine thread; it has restored its state and replayed the log when this returns.
+pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("tellify-engine".into())
+        .spawn(move || {
+            let mut engine = Engine {
+                evaluator: Evaluator::new(parts.limits),
+                parts,
+                runtime,
+                checkpoint: 0,
+            };
+            match engine.restore() {
+                Ok(()) => {
+                    let _ = ready_tx.send(Ok(()));
+                    engine.run(rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .context("Failed to start the engine thread")?;
+    ready_rx
+        .await
+        .context("The engine thread stopped while starting")??;
+    Ok((EngineHandle { tx }, thread))
+}
+
+struct Engine {
+    evaluator: Evaluator,
+    parts: EngineParts,
+    runtime: tokio::runtime::Handle,
+    checkpoint: i64,
+}
+
+/// Turns a stored rule document into the rule to evaluate: instances are made from their
+/// template (the owner's own, else an admin's shared one); templates are not evaluated.
+pub fn resolve_doc(
+    doc: &RuleDoc,
+    owner: &str,
+    templates: &dyn Fn(&str, &str) -> Option<rule::Template>,
+) -> Result<Option<RuleSpec>, RuleError> {
+    match doc {
+        RuleDoc::Rule(spec) => Ok(Some((**spec).clone())),
+        RuleDoc::Template(_) => Ok(None),
+        RuleDoc::Instance(instance) => {
+            let template = templates(owner, &instance.from).ok_or_else(|| {
+                RuleError::new(
+                    Some("from"),
+                    format!("there is no template named `{}`", instance.from),
+                )
+            })?;
+            rule::instantiate(&template, instance)
+                .map(Some)
+                .map_err(|e| match e {
+                    rule::InstanceError::Rule(e) => e,
+                    rule::InstanceError::InvalidParams(failures) => RuleError {
+                        failures,
+                        ..RuleError::new(
+                            Some("params"),
+                            "params do not match the template's schema",
+                        )
+                    },
+                })
+        }
+    }
+}
+
+impl Engine {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        let store = self.parts.store.clone();
+        let now = self.parts.clock.now();
+        for user in self.block_on(store.list_users())? {
+            self.evaluator.access.set_admin(&user.name, user.is_admin());
+        }
+        for source in self.block_on(store.sources())? {
+            self.evaluator.access.set_source(
+                &source.name,
+                &source.owner,
+                source.visibility == "public",
+            );
+        }
+        let rules = self.block_on(store.list_rules(None))?;
+        let templates = template_table(&rules, &self.evaluator.access);
+        let mut failed = Vec::new();
+        for stored in &rules {
+            let loaded = rule::parse_doc(stored.doc.clone())
+                .and_then(|doc| {
+                    resolve_doc(&doc, &stored.owner, &|o, n| {
+                        lookup_template(&templates, o, n)
+                    })
+                })
+                .and_then(|spec| match spec {
+                    Some(spec) => self.evaluator.upsert(&stored.owner, spec, now),
+                    None => Ok(()),
+                });
+            if let Err(e) = loaded {
+                warn!(message = "A stored rule no longer loads.", owner = %stored.owner, rule = %stored.name, error = %e);
+                failed.push((
+                    stored.owner.clone(),
+                    stored.name.clone(),
+                    Some(e.to_string()),
+                ));
+            }
+        }
+        // Loading rules may have decided things (expected heartbeat keys); they are superseded
+        // by the saved state restored next.
+        self.evaluator.drain();
+        self.evaluator.take_dirty();
+        let snapshot = self.block_on(store.load_engine())?;
+        for alert in &snapshot.open {
+            let status = alert.status.parse().unwrap_or(Status::Firing);
+            self.evaluator.restore_open(
+                &AlertKey {
+                    owner: alert.owner.clone(),
+                    rule: alert.rule.clone(),
+                    key: alert.key.clone(),
+                },
+                status,
+            );
+        }
+        for (owner, rule, key, state) in &snapshot.states {
+            self.evaluator.restore_state(owner, rule, key, state, now);
+        }
+        self.evaluator.take_dirty();
+        self.checkpoint = snapshot.checkpoint;
+        if !failed.is_empty() {
+            self.commit(EngineCommit {
+                rule_status: failed,
+                ..Default::default()
+            });
+        }
+        let mut replayed = 0;
+        loop {
+            let events = self.block_on(store.events_after(self.checkpoint, REPLAY_CHUNK))?;
+            if events.is_empty() {
+                break;
+            }
+            replayed += events.len();
+            self.evaluate(events);
+        }
+        info!(
+            message = "Engine restored.",
+            rules = rules.len(),
+            open_alerts = snapshot.open.len(),
+            replayed_events = replayed,
+            checkpoint = self.checkpoint
+        );
+        Ok(())
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let now = self.parts.clock.now();
+            let wait = self
+                .evaluator
+                .next_deadline()
+                .map_or(1_000, |d| (d - now).clamp(0, 1_000));
+            let first = match rx.recv_timeout(Duration::from_millis(wait as u64)) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut events = Vec::new();
+            let mut next = first;
+            // Events that queued up are evaluated together and committed once.
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Events {
+                        events: batch,
+                        claims,
+                    } => {
+                        for (source, owner) in claims {
+                            self.evaluator.access.set_source_if_new(&source, &owner);
+                        }
+                        events.extend(batch.into_iter().filter(|e| e.seq > self.checkpoint));
+                        if events.len() < MAX_BATCH_EVENTS {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    Command::Shutdown => {
+                        if !events.is_empty() {
+                            self.evaluate(std::mem::take(&mut events));
+                        }
+                        return;
+                    }
+                    other => {
+                        if !events.is_empty() {
+                            self.evaluate(std::mem::take(&mut events));
+                        }
+                        self.handle(other);
+                    }
+                }
+            }
+            if !events.is_empty() {
+                self.evaluate(events);
+            }
+            self.evaluator.advance(self.parts.clock.now());
+            self.commit_pending(None, Vec::new());
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = self.parts.clock.now();
+        match command {
+            Command::PutRule {
+                owner,
+                doc,
+                origin,
+                reply,
+            } => {
+                let result = self.put_rule(&owner, doc, &origin, now);
+                let _ = reply.send(result);
+            }
+            Command::DeleteRule { owner, name, reply } => {
+                let existed = self
+                    .block_on(self.parts.store.get_rule(&owner, &name))
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if existed {
+                    self.evaluator.remove(&owner, &name, now);
+                    self.commit_pending(None, vec![RuleWrite::Delete { owner, name }]);
+                }
+                let _ = reply.send(existed);
+            }
+            Command::Resolve { alert, reply } => {
+                let done = self.evaluator.resolve_by_hand(&alert, now);
+                self.commit_pending(None, Vec::new());
+                let _ = reply.send(done);
+            }
+            Command::SetAdmin { user, admin } => self.evaluator.access.set_admin(&user, admin),
+            Command::Tick => self.evaluator.advance(now),
+            Command::Barrier(reply) => {
+                self.evaluator.advance(now);
+                self.commit_pending(None, Vec::new());
+                let _ = reply.send(());
+            }
+            Command::Events { .. } | Command::Shutdown => {}
+        }
+    }
+
+    fn put_rule(
+        &mut self,
+        owner: &str,
+        doc: RuleDoc,
+        origin: &str,
+        now: i64,
+    ) -> Result<(), RuleError> {
+        let rules = self
+            .block_on(self.parts.store.list_rules(None))
+            .map_err(|e| RuleError::new(None, format!("cannot read rules: {e:#}")))?;
+        let templates = template_table(&rules, &self.evaluator.access);
+        let spec = resolve_doc(&doc, owner, &|o, n| lookup_template(&templates, o, n))?;
+        let name = doc.name().to_owned();
+        match spec {
+            Some(spec) => {
+                check_topic_access(&self.evaluator, owner, &spec)?;
+                self.evaluator.upsert(owner, spec, now)?;
+            }
+            // A rule may be replaced by a template of the same name: the rule goes.
+            None => self.evaluator.remove(owner, &name, now),
+        }
+        self.commit_pending(
+            None,
+            vec![RuleWrite::Put {
+                owner: owner.to_owned(),
+                name,
+                doc: doc.to_json(),
+                origin: origin.to_owned(),
+                at: now,
+            }],
+        );
+        Ok(())
+    }
+
+    /// Evaluates stored events in order, committing once per batch (and again for events the
+    /// batch's scripts emitted).
+    fn evaluate(&mut self, mut events: Vec<StoredEvent>) {
+        while !events.is_empty() {
+            let last = events.last().map(|e| e.seq);
+            for stored in &events {
+                if stored.seq <= self.checkpoint {
+                    continue;
+                }
+                let e = &stored.event;
+                let event = Event {
+                    source: e.source.clone(),
+                    time: e.time,
+                    data: e.data.clone(),
+                };
+                self.evaluator.on_event(&event, e.hops, e.received);
+            }
+            let committed = self.commit_pending(last, Vec::new());
+            events = committed.emitted;
+        }
+    }
+
+    /// Commits what the evaluator decided, with the checkpoint and rule writes given.
+    fn commit_pending(&mut self, checkpoint: Option<i64>, rules: Vec<RuleWrite>) -> Committed {
+        let outcome = self.evaluator.drain();
+        let states = self.evaluator.take_dirty();
+        let metrics = &self.parts.metrics;
+        metrics.rule_evaluations.inc_by(outcome.evaluations);
+        for failure in &outcome.failures {
+            metrics
+                .rule_errors
+                .get_or_create(&RuleLabel {
+                    rule: failure.rule.clone(),
+                })
+                .inc();
+        }
+        let now = self.parts.clock.now();
+        let mut emitted: Vec<EventBatch> = Vec::new();
+        for (owner, e, hops) in outcome.emitted {
+            // A source first seen here belongs to the owner of the rule that emitted it.
+            if !self.evaluator.access.has_source(&e.source) {
+                self.evaluator.access.set_source_if_new(&e.source, &owner);
+                self.parts.owners.claim(&e.source, &owner);
+            }
+            let event = NewEvent {
+                source: e.source,
+                time: e.time,
+                received: now,
+                hops,
+                data: e.data,
+            };
+            match emitted.last_mut() {
+                Some(batch) if batch.owner == owner => batch.events.push(event),
+                _ => emitted.push(EventBatch {
+                    owner,
+                    events: vec![event],
+                }),
+            }
+        }
+        if outcome.changes.is_empty()
+            && states.is_empty()
+            && outcome.status.is_empty()
+            && emitted.is_empty()
+            && rules.is_empty()
+            && checkpoint.is_none_or(|c| c <= self.checkpoint)
+        {
+            return Committed::default();
+        }
+        let fired: Vec<(String, String)> = outcome
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Open {
+                    alert,
+                    status: Status::Firing,
+                    content,
+                    ..
+                } => Some((alert.rule.clone(), content.source.clone())),
+                _ => None,
+            })
+            .collect();
+        let committed = self.commit(EngineCommit {
+            checkpoint,
+            changes: outcome.changes,
+            states,
+            rule_status: outcome.status,
+            emitted,
+            rules,
+        });
+        if let Some(c) = checkpoint {
+            self.checkpoint = self.checkpoint.max(c);
+        }
+        for (rule, source) in fired {
+            metrics
+                .alerts_fired
+                .get_or_create(&RuleSourceLabel { rule, source })
+                .inc();
+        }
+        for alert in &committed.alerts {
+            // Nobody listening is fine: the stream is for whoever is connected now.
+            let _ = self.parts.alerts.send(alert.clone());
+        }
+        committed
+    }
+
+    /// Commits, retrying while the database refuses (locked, full, gone): the engine must not
+    /// move past a batch it could not record.
+    fn commit(&self, commit: EngineCommit) -> Committed {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.block_on(self.parts.store.commit(commit.clone())) {
+                Ok(done) => return done,
+                Err(e) => {
+                    error!(message = "Failed to commit an engine batch; retrying.", error = %format!("{e:#}"));
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A rule may read `_topic['X']` and events of `source` only where its owner may read X.
+fn check_topic_access(
+    evaluator: &Evaluator,
+    owner: &str,
+    spec: &RuleSpec,
+) -> Result<(), RuleError> {
+    if let Some(source) = &spec.source
+        && !source.contains(['*', '?', '[', '{'])
+        && !evaluator.access.can_read(owner, source)
+    {
+        return Err(RuleError::new(
+            Some("source"),
+            format!("you may not read the source `{source}`"),
+        ));
+    }
+    for (field, src) in spec.scripts() {
+        for topic in topic_names(src) {
+            if !evaluator.access.can_read(owner, &topic) {
+                return Err(RuleError::new(
+                    Some(field),
+                    format!("you may not read the source `{topic}` through _topic"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The literal source names in `_topic['NAME']` / `_topic["NAME"]` / `_topic.NAME`.
+fn topic_names(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(at) = rest.find("_topic") {
+        rest = &rest[at + "_topic".len()..];
+        let trimmed = rest.trim_start();
+        if let Some(after) = trimmed.strip_prefix('[') {
+            let after = after.trim_start();
+            if let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"')
+                && let Some(end) = after[1..].find(quote)
+            {
+                out.push(after[1..1 + end].to_owned());
+            }
+        } else if let Some(after) = trimmed.strip_prefix('.') {
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// Templates by (owner, name), each with whether its owner is an admin (shared templates).
+type TemplateTable = HashMap<(String, String), (rule::Template, bool)>;
+
+fn template_table(rules: &[StoredRule], access: &tellify_core::eval::Access) -> TemplateTable {
+    rules
+        .iter()
+        .filter_map(|r| match rule::parse_doc(r.doc.clone()) {
+            Ok(RuleDoc::Template(t)) => Some((
+                (r.owner.clone(), r.name.clone()),
+                (t, access.is_admin(&r.owner)),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The owner's own template by that name, else an admin's (admins' templates are shared).
+fn lookup_template(table: &TemplateTable, owner: &str, name: &str) -> Option<rule::Template> {
+    table
+        .get(&(owner.to_owned(), name.to_owned()))
+        .or_else(|| {
+            table
+                .iter()
+                .find(|((_, n), (_, shared))| n == name && *shared)
+                .map(|(_, t)| t)
+        })
+        .map(|(t, _)| t.clone())
+}
+
+/// The JSON documents of stored rules, keyed by name, for `rules export`.
+pub fn docs(rules: &[StoredRule]) -> Vec<Value> {
+    rules.iter().map(|r| r.doc.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_are_found() {
+        assert_eq!(
+            topic_names(
+                "_topic['cluster.metrics'].numAppsRunning > 5 && _topic[\"apps\"] && _topic.x"
+            ),
+            vec!["cluster.metrics", "apps", "x"]
+        );
+        assert!(topic_names("_topic['applications.'+appId]").contains(&"applications.".to_owned()));
+    }
+}

@@ -1,0 +1,16 @@
+//! The `tellify` command. Parsing and exit codes only: the work is in `tellify::cli`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tellify::cli::Cli::parse();
+    match tellify::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

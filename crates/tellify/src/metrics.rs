@@ -1,0 +1,119 @@
+//! Tellify's own health in Prometheus form (`GET /metrics`).
+//!
+//! One struct holds every family, so metric names live in one place and every part of the
+//! pipeline records through the same handle.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleSourceLabel {
+    pub rule: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeverityLabel {
+    pub severity: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_ingested: Family<SourceLabel, Counter>,
+    pub events_rejected: Family<ReasonLabel, Counter>,
+    pub rule_evaluations: Counter,
+    pub rule_errors: Family<RuleLabel, Counter>,
+    pub alerts_fired: Family<RuleSourceLabel, Counter>,
+    pub alerts_open: Family<SeverityLabel, Gauge>,
+    pub source_up: Family<SourceLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tellify");
+        let events_ingested = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "events_ingested",
+            "Events accepted and stored, by source",
+            events_ingested.clone(),
+        );
+        let events_rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "events_rejected",
+            "Events refused, by reason",
+            events_rejected.clone(),
+        );
+        let rule_evaluations = Counter::default();
+        registry.register(
+            "rule_evaluations",
+            "JavaScript evaluations of rule conditions and scripts",
+            rule_evaluations.clone(),
+        );
+        let rule_errors = Family::<RuleLabel, Counter>::default();
+        registry.register(
+            "rule_errors",
+            "Rule evaluations that threw or ran out of budget",
+            rule_errors.clone(),
+        );
+        let alerts_fired = Family::<RuleSourceLabel, Counter>::default();
+        registry.register(
+            "alerts_fired",
+            "Alerts that started firing, by rule and source",
+            alerts_fired.clone(),
+        );
+        let alerts_open = Family::<SeverityLabel, Gauge>::default();
+        registry.register(
+            "alerts_open",
+            "Alerts firing now, by severity",
+            alerts_open.clone(),
+        );
+        let source_up = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_up",
+            "1 while a broker source is connected",
+            source_up.clone(),
+        );
+        Self {
+            registry,
+            events_ingested,
+            events_rejected,
+            rule_evaluations,
+            rule_errors,
+            alerts_fired,
+            alerts_open,
+            source_up,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

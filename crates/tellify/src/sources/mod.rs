@@ -1,0 +1,196 @@
+//! ① Events in: the HTTP ingest endpoint, broker sources, and the writer that stores events.
+//!
+//! Every source hands events to [`Ingest`], which answers only once they are durably stored.
+//! One writer task does all event writes: requests that arrive together are committed in one
+//! transaction (group commit), so the cost of making a write durable is shared by everyone
+//! waiting, and throughput grows with concurrency instead of collapsing under it. After the
+//! commit it hands the stored events to the engine.
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Result;
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+use crate::engine::{Command, EngineHandle};
+use crate::metrics::{Metrics, SourceLabel};
+use crate::store::{EventBatch, NewEvent, Store, StoredEvent, User};
+
+/// Events written per transaction at most; more wait for the next one.
+const MAX_GROUP_EVENTS: usize = 50_000;
+
+/// A stream of events from outside (a broker topic). HTTP ingest is the endpoint in [`http`];
+/// broker sources implement this and run until shutdown.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    fn name(&self) -> &str;
+    async fn run(&self, ingest: Ingest, shutdown: tokio::sync::watch::Receiver<bool>)
+    -> Result<()>;
+}
+
+struct Job {
+    batch: EventBatch,
+    reply: oneshot::Sender<Result<usize, String>>,
+}
+
+/// Who owns each source and whether it is public; shared by ingest, the engine and the API.
+#[derive(Clone, Default)]
+pub struct Owners(Arc<RwLock<HashMap<String, (String, bool)>>>);
+
+impl Owners {
+    pub async fn load(store: &dyn Store) -> Result<Self> {
+        let map = store
+            .sources()
+            .await?
+            .into_iter()
+            .map(|s| (s.name, (s.owner, s.visibility == "public")))
+            .collect();
+        Ok(Self(Arc::new(RwLock::new(map))))
+    }
+
+    /// Records `owner` for `source` unless it has one; returns whether it was new.
+    pub fn claim(&self, source: &str, owner: &str) -> bool {
+        let mut map = self.0.write().expect("the owners lock is never poisoned");
+        if map.contains_key(source) {
+            return false;
+        }
+        map.insert(source.to_owned(), (owner.to_owned(), false));
+        true
+    }
+
+    fn get(&self, source: &str) -> Option<(String, bool)> {
+        self.0
+            .read()
+            .expect("the owners lock is never poisoned")
+            .get(source)
+            .cloned()
+    }
+}
+
+/// The door every event comes in by.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Job>,
+    owners: Owners,
+}
+
+impl Ingest {
+    /// Starts the writer task.
+    pub fn start(
+        store: Arc<dyn Store>,
+        engine: EngineHandle,
+        metrics: Arc<Metrics>,
+        owners: Owners,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(writer(rx, store, engine, metrics, owners.clone()));
+        Self { tx, owners }
+    }
+
+    /// Whether `user` may send events to `source`: its owner, an admin, or anyone for a source
+    /// nobody has claimed yet (they claim it).
+    pub fn may_write(&self, user: &User, source: &str) -> bool {
+        if user.is_admin() {
+            return true;
+        }
+        self.owners
+            .get(source)
+            .is_none_or(|(owner, _)| owner == user.name)
+    }
+
+    /// Whether `user` may read events of `source`.
+    pub fn may_read(&self, user: &User, source: &str) -> bool {
+        if user.is_admin() {
+            return true;
+        }
+        self.owners
+            .get(source)
+            .is_some_and(|(owner, public)| public || owner == user.name)
+    }
+
+    /// Stores events durably; returns how many once they are committed.
+    pub async fn submit(&self, owner: &str, events: Vec<NewEvent>) -> Result<usize, String> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            batch: EventBatch {
+                owner: owner.to_owned(),
+                events,
+            },
+            reply,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| "the server is shutting down".to_owned())?;
+        rx.await
+            .map_err(|_| "the server is shutting down".to_owned())?
+    }
+}
+
+async fn writer(
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<dyn Store>,
+    engine: EngineHandle,
+    metrics: Arc<Metrics>,
+    owners: Owners,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut total = jobs[0].batch.events.len();
+        while total < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    total += job.batch.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<EventBatch> = jobs.iter().map(|j| j.batch.clone()).collect();
+        match store.append_events(&batches).await {
+            Ok(seqs) => {
+                let mut claims = Vec::new();
+                for batch in &batches {
+                    for e in &batch.events {
+                        if owners.claim(&e.source, &batch.owner) {
+                            claims.push((e.source.clone(), batch.owner.clone()));
+                        }
+                    }
+                }
+                let mut stored = Vec::with_capacity(seqs.len());
+                let mut seq_iter = seqs.into_iter();
+                for batch in batches {
+                    for event in batch.events {
+                        metrics
+                            .events_ingested
+                            .get_or_create(&SourceLabel {
+                                source: event.source.clone(),
+                            })
+                            .inc();
+                        if let Some(seq) = seq_iter.next() {
+                            stored.push(StoredEvent { seq, event });
+                        }
+                    }
+                }
+                engine.send(Command::Events {
+                    events: stored,
+                    claims,
+                });
+                for job in jobs {
+                    let _ = job.reply.send(Ok(job.batch.events.len()));
+                }
+            }
+            Err(e) => {
+                error!(message = "Failed to store events.", error = %format!("{e:#}"));
+                for job in jobs {
+                    let _ = job.reply.send(Err(
+                        "the events could not be stored; nothing was kept, try again".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+}

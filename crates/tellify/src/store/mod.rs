@@ -1,0 +1,309 @@
+//! ③ State: everything Tellify must not forget, behind one [`Store`] trait.
+//!
+//! The store is the only place that remembers. Two writers use it in a fixed way: the ingest
+//! writer appends events (the only thing a `202` promises), and the engine commits each
+//! batch's alert changes, rule state and checkpoint in one transaction ([`EngineCommit`]), so a
+//! crash between them is repaired by replaying events after the checkpoint.
+//!
+//! `sqlite.rs` is the embedded default. The trait is written so that a PostgreSQL
+//! implementation runs the same tests.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+use tellify_core::alert::{Change, Severity, Status};
+use tellify_core::eval::StateUpdate;
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub name: String,
+    pub email: Option<String>,
+    /// `admin` or `user`.
+    pub role: String,
+    pub timezone: String,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+}
+
+/// An API token's public face: never the token itself.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub source: String,
+    pub time: i64,
+    pub received: i64,
+    pub hops: u8,
+    pub data: Value,
+}
+
+/// Events one user sends together.
+#[derive(Debug, Clone)]
+pub struct EventBatch {
+    pub owner: String,
+    pub events: Vec<NewEvent>,
+}
+
+/// An event as stored, with its place in the log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event: NewEvent,
+}
+
+/// A source: who owns it, who may read it, and its latest event (topic data).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SourceInfo {
+    pub name: String,
+    pub owner: String,
+    pub visibility: String,
+    pub events: i64,
+    pub last_time: Option<i64>,
+    pub last_event: Option<Value>,
+}
+
+/// A rule as stored: its document and where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredRule {
+    pub owner: String,
+    pub name: String,
+    pub doc: Value,
+    /// `api`, or `file:PATH` for rules loaded from `--rules`.
+    pub origin: String,
+    pub error: Option<String>,
+    pub updated_at: i64,
+}
+
+/// An alert as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Alert {
+    pub id: String,
+    pub rule: String,
+    pub owner: String,
+    pub key: String,
+    pub status: String,
+    pub severity: String,
+    pub summary: String,
+    pub body: String,
+    pub value: Option<f64>,
+    pub labels: BTreeMap<String, String>,
+    pub links: BTreeMap<String, String>,
+    pub source: String,
+    pub run: Option<String>,
+    /// When it opened (in-time), epoch ms.
+    pub first_seen: i64,
+    /// When it started firing (for thresholds, after `for`).
+    pub fired_at: Option<i64>,
+    pub last_seen: i64,
+    /// When it was resolved (out-time).
+    pub resolved_at: Option<i64>,
+    pub resolve_reason: Option<String>,
+    pub count: i64,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<i64>,
+}
+
+/// One entry in an alert's history: a transition and its message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HistoryEntry {
+    pub alert_id: String,
+    pub owner: String,
+    pub rule: String,
+    pub at: i64,
+    pub status: String,
+    pub message: String,
+}
+
+/// Filters of `GET /api/v1/alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// `None` for admins: every owner.
+    pub owner: Option<String>,
+    pub status: Option<Status>,
+    pub rule: Option<String>,
+    pub severity: Option<Severity>,
+    pub labels: Vec<(String, String)>,
+    pub limit: i64,
+    /// Alerts with ids before this one (ids sort by creation time).
+    pub before: Option<String>,
+}
+
+/// A column alerts may be counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatField {
+    Source,
+    Run,
+    Rule,
+    Severity,
+    Status,
+}
+
+impl StatField {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "source" => Self::Source,
+            "run" => Self::Run,
+            "rule" => Self::Rule,
+            "severity" => Self::Severity,
+            "status" => Self::Status,
+            _ => return None,
+        })
+    }
+
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Run => "run",
+            Self::Rule => "rule",
+            Self::Severity => "severity",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// Filters of `GET /api/v1/history`.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub owner: Option<String>,
+    pub rule: Option<String>,
+    pub alert_id: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub limit: i64,
+}
+
+/// What the engine restores at start.
+#[derive(Debug, Default)]
+pub struct EngineSnapshot {
+    pub checkpoint: i64,
+    pub states: Vec<(String, String, String, Value)>,
+    pub open: Vec<Alert>,
+}
+
+/// One engine batch, committed atomically.
+#[derive(Debug, Default, Clone)]
+pub struct EngineCommit {
+    /// The last event seq this batch evaluated.
+    pub checkpoint: Option<i64>,
+    pub changes: Vec<Change>,
+    pub states: Vec<StateUpdate>,
+    /// Rules whose error status changed: (owner, rule, error).
+    pub rule_status: Vec<(String, String, Option<String>)>,
+    /// Events emitted by scripts (owned by the rule's owner), stored with the batch that made them.
+    pub emitted: Vec<EventBatch>,
+    /// Rule documents to write with this batch (a rule saved through the engine).
+    pub rules: Vec<RuleWrite>,
+}
+
+/// A rule write carried by an engine commit.
+#[derive(Debug, Clone)]
+pub enum RuleWrite {
+    Put {
+        owner: String,
+        name: String,
+        doc: Value,
+        origin: String,
+        at: i64,
+    },
+    Delete {
+        owner: String,
+        name: String,
+    },
+}
+
+/// What a commit changed: the alerts after it, for the live stream, and the stored emitted events.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub alerts: Vec<Alert>,
+    pub emitted: Vec<StoredEvent>,
+}
+
+/// An audit log entry.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub detail: Option<String>,
+}
+
+/// Everything Tellify persists. One implementation per database.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    // Users and tokens.
+    async fn user_count(&self) -> Result<i64>;
+    async fn create_user(&self, user: &User, now: i64) -> Result<bool>;
+    async fn get_user(&self, name: &str) -> Result<Option<User>>;
+    async fn list_users(&self) -> Result<Vec<User>>;
+    async fn create_token(&self, user: &str, name: &str, hash: &str, now: i64)
+    -> Result<TokenInfo>;
+    async fn user_by_token(&self, hash: &str) -> Result<Option<User>>;
+    async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>>;
+    async fn delete_token(&self, id: &str, user: Option<&str>) -> Result<bool>;
+
+    // Events and sources.
+    /// Appends the batches' events in one durable transaction, in order, and updates each
+    /// source's topic data; a source seen for the first time is claimed by its batch's owner.
+    /// Returns the events' seqs in order.
+    async fn append_events(&self, batches: &[EventBatch]) -> Result<Vec<i64>>;
+    /// Counts of open alerts by status and severity, for `/metrics`.
+    async fn open_counts(&self) -> Result<Vec<(String, String, i64)>>;
+    async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<StoredEvent>>;
+    async fn sources(&self) -> Result<Vec<SourceInfo>>;
+    async fn source(&self, name: &str) -> Result<Option<SourceInfo>>;
+    /// Removes events received before `before` that the engine has evaluated.
+    async fn prune_events(&self, before: i64) -> Result<u64>;
+
+    // Rules.
+    async fn list_rules(&self, owner: Option<&str>) -> Result<Vec<StoredRule>>;
+    async fn get_rule(&self, owner: &str, name: &str) -> Result<Option<StoredRule>>;
+
+    // The engine.
+    async fn load_engine(&self) -> Result<EngineSnapshot>;
+    async fn commit(&self, commit: EngineCommit) -> Result<Committed>;
+
+    // Alerts.
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>>;
+    async fn get_alert(&self, id: &str) -> Result<Option<Alert>>;
+    async fn ack_alert(&self, id: &str, by: &str, at: i64) -> Result<Option<Alert>>;
+    async fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>>;
+    /// Alert counts grouped by some of `source`, `run`, `rule`, `severity`, `status`.
+    async fn alert_stats(
+        &self,
+        owner: Option<&str>,
+        group_by: &[StatField],
+    ) -> Result<Vec<(Vec<Option<String>>, i64)>>;
+
+    // Audit.
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        object: &str,
+        detail: Option<&str>,
+        at: i64,
+    ) -> Result<()>;
+    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<()>;
+}

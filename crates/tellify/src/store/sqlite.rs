@@ -1,0 +1,892 @@
+//! The embedded store: SQLite through sqlx, in WAL mode.
+//!
+//! WAL lets the API read while the ingest writer and the engine write. `synchronous=FULL`
+//! makes a commit survive power loss, not only a killed process: a `202` is a promise. Its
+//! cost is paid once per group commit (see `sources::ingest`), not once per event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use tellify_core::alert::{AlertKey, Change, Status};
+
+use super::{
+    Alert, AlertFilter, AuditEntry, Committed, EngineCommit, EngineSnapshot, EventBatch,
+    HistoryEntry, HistoryFilter, NewEvent, RuleWrite, SourceInfo, StatField, Store, StoredEvent,
+    StoredRule, TokenInfo, User,
+};
+
+/// Rows per multi-row INSERT: SQLite allows 32,766 bound parameters, events take 5 each.
+const EVENT_CHUNK: usize = 1_000;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    /// Opens from a `sqlite://PATH` URL.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("Failed to read the database URL {url}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .context("Failed to open the SQLite database")?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("Failed to migrate the SQLite database")?;
+        Ok(Self { pool })
+    }
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("JSON values always serialize")
+}
+
+fn user_row(row: &SqliteRow) -> User {
+    User {
+        name: row.get("name"),
+        email: row.get("email"),
+        role: row.get("role"),
+        timezone: row.get("timezone"),
+        password_hash: row.get("password_hash"),
+    }
+}
+
+fn alert_row(row: &SqliteRow) -> Alert {
+    let map = |col: &str| -> BTreeMap<String, String> {
+        serde_json::from_str(row.get::<&str, _>(col)).unwrap_or_default()
+    };
+    Alert {
+        id: row.get("id"),
+        rule: row.get("rule"),
+        owner: row.get("owner"),
+        key: row.get("key"),
+        status: row.get("status"),
+        severity: row.get("severity"),
+        summary: row.get("summary"),
+        body: row.get("body"),
+        value: row.get("value"),
+        labels: map("labels"),
+        links: map("links"),
+        source: row.get("source"),
+        run: row.get("run"),
+        first_seen: row.get("first_seen"),
+        fired_at: row.get("fired_at"),
+        last_seen: row.get("last_seen"),
+        resolved_at: row.get("resolved_at"),
+        resolve_reason: row.get("resolve_reason"),
+        count: row.get("count"),
+        acked_by: row.get("acked_by"),
+        acked_at: row.get("acked_at"),
+    }
+}
+
+fn source_row(row: &SqliteRow) -> SourceInfo {
+    SourceInfo {
+        name: row.get("name"),
+        owner: row.get("owner"),
+        visibility: row.get("visibility"),
+        events: row.get("events"),
+        last_time: row.get("last_time"),
+        last_event: row
+            .get::<Option<&str>, _>("last_event")
+            .and_then(|s| serde_json::from_str(s).ok()),
+    }
+}
+
+fn rule_row(row: &SqliteRow) -> StoredRule {
+    StoredRule {
+        owner: row.get("owner"),
+        name: row.get("name"),
+        doc: serde_json::from_str(row.get::<&str, _>("doc")).unwrap_or(Value::Null),
+        origin: row.get("origin"),
+        error: row.get("error"),
+        updated_at: row.get("updated_at"),
+    }
+}
+
+/// Appends events to the log inside `tx` and returns their seqs.
+async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) -> Result<Vec<i64>> {
+    let mut seqs = Vec::with_capacity(events.len());
+    for chunk in events.chunks(EVENT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO events (source, time, received, hops, data) ");
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(&e.source)
+                .push_bind(e.time)
+                .push_bind(e.received)
+                .push_bind(i64::from(e.hops))
+                .push_bind(json_text(&e.data));
+        });
+        qb.push(" RETURNING seq");
+        let rows = qb.build().fetch_all(&mut **tx).await?;
+        seqs.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
+    }
+    Ok(seqs)
+}
+
+/// Keeps each source's latest event (the topic data) and claims new sources for `owner`.
+async fn update_sources(
+    tx: &mut Transaction<'_, Sqlite>,
+    owner: &str,
+    events: &[NewEvent],
+) -> Result<()> {
+    let mut latest: HashMap<&str, (&NewEvent, i64)> = HashMap::new();
+    for e in events {
+        let entry = latest.entry(e.source.as_str()).or_insert((e, 0));
+        entry.0 = e;
+        entry.1 += 1;
+    }
+    for (source, (event, n)) in latest {
+        sqlx::query(
+            "INSERT INTO sources (name, owner, last_event, last_time, events) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_event = excluded.last_event,
+                 last_time = excluded.last_time, events = sources.events + excluded.events",
+        )
+        .bind(source)
+        .bind(owner)
+        .bind(json_text(&event.data))
+        .bind(event.time)
+        .bind(n)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Counts and last values of the folds of one alert, written once per commit.
+#[derive(Default)]
+struct FoldSum {
+    count: i64,
+    last_seen: i64,
+    value: Option<f64>,
+}
+
+impl SqliteStore {
+    async fn flush_fold(
+        tx: &mut Transaction<'_, Sqlite>,
+        alert: &AlertKey,
+        fold: FoldSum,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value)
+             WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved' RETURNING id",
+        )
+        .bind(fold.count)
+        .bind(fold.last_seen)
+        .bind(fold.value)
+        .bind(&alert.owner)
+        .bind(&alert.rule)
+        .bind(&alert.key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn history(
+        tx: &mut Transaction<'_, Sqlite>,
+        id: &str,
+        alert: &AlertKey,
+        at: i64,
+        status: &str,
+        message: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO alert_history (alert_id, owner, rule, at, status, message) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&alert.owner)
+        .bind(&alert.rule)
+        .bind(at)
+        .bind(status)
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies one (non-fold) change; returns the id of the alert it touched.
+    async fn apply_change(
+        tx: &mut Transaction<'_, Sqlite>,
+        change: &Change,
+    ) -> Result<Option<String>> {
+        let open_id = |alert: &AlertKey| {
+            sqlx::query(
+                "SELECT id, summary FROM alerts WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
+            )
+            .bind(alert.owner.clone())
+            .bind(alert.rule.clone())
+            .bind(alert.key.clone())
+        };
+        match change {
+            Change::Open {
+                alert,
+                status,
+                at,
+                content,
+                ..
+            } => {
+                // The evaluator never opens twice; if the store disagrees (an alert resolved by
+                // hand racing a new event), the older one is closed rather than the batch lost.
+                sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = 'superseded'
+                     WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
+                )
+                .bind(at)
+                .bind(&alert.owner)
+                .bind(&alert.rule)
+                .bind(&alert.key)
+                .execute(&mut **tx)
+                .await?;
+                let id = uuid::Uuid::now_v7().to_string();
+                let fired_at = (*status == Status::Firing).then_some(*at);
+                sqlx::query(
+                    "INSERT INTO alerts (id, owner, rule, key, status, severity, summary, body, value, labels,
+                         links, source, run, first_seen, fired_at, last_seen, count)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                )
+                .bind(&id)
+                .bind(&alert.owner)
+                .bind(&alert.rule)
+                .bind(&alert.key)
+                .bind(status.as_str())
+                .bind(content.severity.as_str())
+                .bind(&content.summary)
+                .bind(&content.body)
+                .bind(content.value)
+                .bind(json_text(&content.labels))
+                .bind(json_text(&content.links))
+                .bind(&content.source)
+                .bind(&content.run)
+                .bind(at)
+                .bind(fired_at)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+                Self::history(tx, &id, alert, *at, status.as_str(), &content.summary).await?;
+                Ok(Some(id))
+            }
+            Change::Fire { alert, at } => {
+                let Some(row) = open_id(alert).fetch_optional(&mut **tx).await? else {
+                    return Ok(None);
+                };
+                let id: String = row.get(0);
+                let summary: String = row.get(1);
+                sqlx::query("UPDATE alerts SET status = 'firing', fired_at = ? WHERE id = ?")
+                    .bind(at)
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::history(tx, &id, alert, *at, "firing", &summary).await?;
+                Ok(Some(id))
+            }
+            Change::Resolve { alert, at, reason } => {
+                let Some(row) = open_id(alert).fetch_optional(&mut **tx).await? else {
+                    return Ok(None);
+                };
+                let id: String = row.get(0);
+                sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = ? WHERE id = ?",
+                )
+                .bind(at)
+                .bind(reason.message())
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+                Self::history(tx, &id, alert, *at, "resolved", reason.message()).await?;
+                Ok(Some(id))
+            }
+            Change::Discard { alert, .. } => {
+                // A pending alert that never fired leaves no trace but its removal on the stream.
+                let Some(row) = open_id(alert).fetch_optional(&mut **tx).await? else {
+                    return Ok(None);
+                };
+                let id: String = row.get(0);
+                sqlx::query("DELETE FROM alert_history WHERE alert_id = ?")
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("DELETE FROM alerts WHERE id = ?")
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(None)
+            }
+            Change::Fold { .. } => Ok(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn user_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0))
+    }
+
+    async fn create_user(&self, user: &User, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO users (name, email, role, timezone, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&user.name)
+        .bind(&user.email)
+        .bind(&user.role)
+        .bind(&user.timezone)
+        .bind(&user.password_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get_user(&self, name: &str) -> Result<Option<User>> {
+        Ok(sqlx::query("SELECT * FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_row))
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        Ok(sqlx::query("SELECT * FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_row)
+            .collect())
+    }
+
+    async fn create_token(
+        &self,
+        user: &str,
+        name: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<TokenInfo> {
+        let id = format!("tok_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(
+            "INSERT INTO tokens (id, user_name, name, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(user)
+        .bind(name)
+        .bind(hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(TokenInfo {
+            id,
+            user: user.to_owned(),
+            name: name.to_owned(),
+            created_at: now,
+        })
+    }
+
+    async fn user_by_token(&self, hash: &str) -> Result<Option<User>> {
+        Ok(sqlx::query(
+            "SELECT users.* FROM tokens JOIN users ON users.name = tokens.user_name WHERE tokens.hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(user_row))
+    }
+
+    async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, user_name, name, created_at FROM tokens WHERE ?1 IS NULL OR user_name = ?1 ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TokenInfo {
+                id: r.get("id"),
+                user: r.get("user_name"),
+                name: r.get("name"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn delete_token(&self, id: &str, user: Option<&str>) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM tokens WHERE id = ?1 AND (?2 IS NULL OR user_name = ?2)")
+                .bind(id)
+                .bind(user)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn append_events(&self, batches: &[EventBatch]) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut seqs = Vec::new();
+        for batch in batches {
+            seqs.extend(insert_events(&mut tx, &batch.events).await?);
+            update_sources(&mut tx, &batch.owner, &batch.events).await?;
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    async fn open_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, severity, COUNT(*) FROM alerts WHERE status != 'resolved' GROUP BY status, severity",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: r.get("seq"),
+                    event: NewEvent {
+                        source: r.get("source"),
+                        time: r.get("time"),
+                        received: r.get("received"),
+                        hops: u8::try_from(r.get::<i64, _>("hops")).unwrap_or(u8::MAX),
+                        data: serde_json::from_str(r.get::<&str, _>("data"))
+                            .context("Failed to read a stored event")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceInfo>> {
+        Ok(sqlx::query("SELECT * FROM sources ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(source_row)
+            .collect())
+    }
+
+    async fn source(&self, name: &str) -> Result<Option<SourceInfo>> {
+        Ok(sqlx::query("SELECT * FROM sources WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(source_row))
+    }
+
+    async fn prune_events(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE received < ? AND seq <= (SELECT checkpoint FROM engine WHERE id = 1)",
+        )
+        .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_rules(&self, owner: Option<&str>) -> Result<Vec<StoredRule>> {
+        Ok(
+            sqlx::query("SELECT * FROM rules WHERE ?1 IS NULL OR owner = ?1 ORDER BY owner, name")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(rule_row)
+                .collect(),
+        )
+    }
+
+    async fn get_rule(&self, owner: &str, name: &str) -> Result<Option<StoredRule>> {
+        Ok(
+            sqlx::query("SELECT * FROM rules WHERE owner = ? AND name = ?")
+                .bind(owner)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+                .as_ref()
+                .map(rule_row),
+        )
+    }
+
+    async fn load_engine(&self) -> Result<EngineSnapshot> {
+        let checkpoint: i64 = sqlx::query("SELECT checkpoint FROM engine WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        let states = sqlx::query("SELECT owner, rule, key, state FROM rule_state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get("owner"),
+                    r.get("rule"),
+                    r.get("key"),
+                    serde_json::from_str(r.get::<&str, _>("state")).unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        let open = sqlx::query("SELECT * FROM alerts WHERE status != 'resolved'")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(alert_row)
+            .collect();
+        Ok(EngineSnapshot {
+            checkpoint,
+            states,
+            open,
+        })
+    }
+
+    async fn commit(&self, commit: EngineCommit) -> Result<Committed> {
+        let mut tx = self.pool.begin().await?;
+        for write in &commit.rules {
+            match write {
+                RuleWrite::Put {
+                    owner,
+                    name,
+                    doc,
+                    origin,
+                    at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO rules (owner, name, doc, origin, updated_at) VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (owner, name) DO UPDATE SET doc = excluded.doc, origin = excluded.origin,
+                             error = NULL, updated_at = excluded.updated_at",
+                    )
+                    .bind(owner)
+                    .bind(name)
+                    .bind(json_text(doc))
+                    .bind(origin)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                RuleWrite::Delete { owner, name } => {
+                    sqlx::query("DELETE FROM rules WHERE owner = ? AND name = ?")
+                        .bind(owner)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        let mut touched: Vec<String> = Vec::new();
+        let mut folds: HashMap<AlertKey, FoldSum> = HashMap::new();
+        for change in &commit.changes {
+            if let Change::Fold {
+                alert, at, value, ..
+            } = change
+            {
+                let sum = folds.entry(alert.clone()).or_default();
+                sum.count += 1;
+                sum.last_seen = sum.last_seen.max(*at);
+                if value.is_some() {
+                    sum.value = *value;
+                }
+                continue;
+            }
+            if let Some(fold) = folds.remove(change.alert())
+                && let Some(id) = Self::flush_fold(&mut tx, change.alert(), fold).await?
+            {
+                touched.push(id);
+            }
+            if let Some(id) = Self::apply_change(&mut tx, change).await? {
+                touched.push(id);
+            }
+        }
+        for (alert, fold) in folds {
+            if let Some(id) = Self::flush_fold(&mut tx, &alert, fold).await? {
+                touched.push(id);
+            }
+        }
+        for update in &commit.states {
+            match &update.state {
+                Some(state) => {
+                    sqlx::query(
+                        "INSERT INTO rule_state (owner, rule, key, state) VALUES (?, ?, ?, ?)
+                         ON CONFLICT (owner, rule, key) DO UPDATE SET state = excluded.state",
+                    )
+                    .bind(&update.owner)
+                    .bind(&update.rule)
+                    .bind(&update.key)
+                    .bind(json_text(state))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ? AND key = ?")
+                        .bind(&update.owner)
+                        .bind(&update.rule)
+                        .bind(&update.key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for (owner, rule, error) in &commit.rule_status {
+            sqlx::query("UPDATE rules SET error = ? WHERE owner = ? AND name = ?")
+                .bind(error)
+                .bind(owner)
+                .bind(rule)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut emitted_seqs = Vec::new();
+        for batch in &commit.emitted {
+            emitted_seqs.extend(insert_events(&mut tx, &batch.events).await?);
+            update_sources(&mut tx, &batch.owner, &batch.events).await?;
+        }
+        if let Some(checkpoint) = commit.checkpoint {
+            sqlx::query("UPDATE engine SET checkpoint = MAX(checkpoint, ?) WHERE id = 1")
+                .bind(checkpoint)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        touched.sort();
+        touched.dedup();
+        let mut alerts = Vec::with_capacity(touched.len());
+        for id in touched {
+            if let Some(a) = self.get_alert(&id).await? {
+                alerts.push(a);
+            }
+        }
+        let emitted = emitted_seqs
+            .into_iter()
+            .zip(commit.emitted.into_iter().flat_map(|b| b.events))
+            .map(|(seq, event)| StoredEvent { seq, event })
+            .collect();
+        Ok(Committed { alerts, emitted })
+    }
+
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM alerts WHERE 1 = 1");
+        if let Some(owner) = &filter.owner {
+            qb.push(" AND owner = ").push_bind(owner);
+        }
+        if let Some(status) = filter.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(rule) = &filter.rule {
+            qb.push(" AND rule = ").push_bind(rule);
+        }
+        if let Some(severity) = filter.severity {
+            qb.push(" AND severity = ").push_bind(severity.as_str());
+        }
+        for (k, v) in &filter.labels {
+            qb.push(" AND json_extract(labels, ")
+                .push_bind(format!("$.\"{}\"", k.replace('"', "")))
+                .push(") = ")
+                .push_bind(v);
+        }
+        if let Some(before) = &filter.before {
+            qb.push(" AND id < ").push_bind(before);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit);
+        Ok(qb
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(alert_row)
+            .collect())
+    }
+
+    async fn get_alert(&self, id: &str) -> Result<Option<Alert>> {
+        Ok(sqlx::query("SELECT * FROM alerts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(alert_row))
+    }
+
+    async fn ack_alert(&self, id: &str, by: &str, at: i64) -> Result<Option<Alert>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE alerts SET acked_by = ?, acked_at = ? WHERE id = ? AND status != 'resolved' AND acked_at IS NULL
+             RETURNING owner, rule, key",
+        )
+        .bind(by)
+        .bind(at)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            let alert = AlertKey {
+                owner: row.get(0),
+                rule: row.get(1),
+                key: row.get(2),
+            };
+            Self::history(
+                &mut tx,
+                id,
+                &alert,
+                at,
+                "acked",
+                &format!("acknowledged by {by}"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.get_alert(id).await
+    }
+
+    async fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM alert_history WHERE 1 = 1");
+        if let Some(owner) = &filter.owner {
+            qb.push(" AND owner = ").push_bind(owner);
+        }
+        if let Some(rule) = &filter.rule {
+            qb.push(" AND rule = ").push_bind(rule);
+        }
+        if let Some(id) = &filter.alert_id {
+            qb.push(" AND alert_id = ").push_bind(id);
+        }
+        if let Some(from) = filter.from {
+            qb.push(" AND at >= ").push_bind(from);
+        }
+        if let Some(to) = filter.to {
+            qb.push(" AND at < ").push_bind(to);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| HistoryEntry {
+                alert_id: r.get("alert_id"),
+                owner: r.get("owner"),
+                rule: r.get("rule"),
+                at: r.get("at"),
+                status: r.get("status"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+
+    async fn alert_stats(
+        &self,
+        owner: Option<&str>,
+        group_by: &[StatField],
+    ) -> Result<Vec<(Vec<Option<String>>, i64)>> {
+        // Column names come from the closed StatField enum, never from the request.
+        let columns: Vec<&str> = group_by.iter().map(|f| f.column()).collect();
+        let select = if columns.is_empty() {
+            String::new()
+        } else {
+            format!("{}, ", columns.join(", "))
+        };
+        let group = if columns.is_empty() {
+            String::new()
+        } else {
+            format!(" GROUP BY {}", columns.join(", "))
+        };
+        let sql = format!(
+            "SELECT {select}COUNT(*) AS n FROM alerts WHERE ?1 IS NULL OR owner = ?1{group} ORDER BY n DESC"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let keys = (0..columns.len())
+                    .map(|i| r.get::<Option<String>, _>(i))
+                    .collect();
+                (keys, r.get::<i64, _>("n"))
+            })
+            .collect())
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        object: &str,
+        detail: Option<&str>,
+        at: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO audit (at, actor, action, object, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(at)
+            .bind(actor)
+            .bind(action)
+            .bind(object)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                at: r.get("at"),
+                actor: r.get("actor"),
+                action: r.get("action"),
+                object: r.get("object"),
+                detail: r.get("detail"),
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! The command line, rule files reloaded on change, and the server's own surface
+//! (health, metrics, OpenAPI, the live stream).
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, example, repo_root};
+
+fn tellify(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tellify"))
+        .args(args)
+        .env_remove("TELLIFY_TOKEN")
+        .output()
+        .expect("tellify runs")
+}
+
+#[test]
+fn rules_lint_passes_the_examples_and_points_at_errors() {
+    let examples: Vec<String> = std::fs::read_dir(repo_root().join("examples"))
+        .expect("examples")
+        .map(|e| e.expect("entry").path().display().to_string())
+        .collect();
+    let mut args = vec!["rules", "lint"];
+    args.extend(examples.iter().map(String::as_str));
+    let out = tellify(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("0 with errors"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: broken\nwhen: |\n  event.a > 1 &&\n  (event.b\n",
+    )
+    .expect("write");
+    let out = tellify(&["rules", "lint", bad.to_str().expect("path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("broken") && stdout.contains("line"),
+        "{stdout}"
+    );
+
+    assert_eq!(
+        tellify(&["rules", "lint", "--no-such-flag"]).status.code(),
+        Some(2),
+        "usage errors exit 2"
+    );
+}
+
+#[test]
+fn rules_test_runs_offline_over_an_event_file() {
+    let events = repo_root().join("../shared/fixtures/keyvalue/builds.txt");
+    let out = tellify(&[
+        "rules",
+        "test",
+        example("builds.yaml").to_str().expect("path"),
+        "--events",
+        events.to_str().expect("path"),
+        "--source",
+        "builds",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let opened: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|c: &serde_json::Value| {
+            c["change"] == "open" && c["alert"]["rule"] == "place-failures-per-run"
+        })
+        .collect();
+    assert_eq!(opened.len(), 1, "{stdout}");
+    assert_eq!(opened[0]["alert"]["key"], "r17");
+}
+
+#[tokio::test]
+async fn send_apply_and_export_talk_to_a_server() {
+    let mut server = Server::start().await;
+    let base = server.base.clone();
+    let run = |args: Vec<String>| {
+        let base = base.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_tellify"))
+                    .args(&args)
+                    .env("TELLIFY_SERVER", base)
+                    .env("TELLIFY_TOKEN", ADMIN)
+                    .output()
+                    .expect("tellify runs")
+            })
+            .await
+            .expect("joined")
+        }
+    };
+    let rules = example("disk.yaml").display().to_string();
+    let out = run(vec!["rules".into(), "apply".into(), rules.clone()]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("+ disk-usage-high") && stdout.contains("+ disk-usage-critical"),
+        "{stdout}"
+    );
+    let again = run(vec!["rules".into(), "apply".into(), rules]).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("no changes"));
+
+    let out = run(vec![
+        "send".into(),
+        "--source".into(),
+        "disk".into(),
+        "host:h1".into(),
+        "fs:/".into(),
+        "used_pct:99".into(),
+        "kind:disk".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.settle().await;
+    assert_eq!(
+        server.alerts(ADMIN, "").await.len(),
+        2,
+        "both disk rules are pending"
+    );
+
+    let out = run(vec!["rules".into(), "export".into()]).await;
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yaml.contains("name: disk-usage-high") && yaml.contains("for: 5m"),
+        "{yaml}"
+    );
+
+    let out = run(vec![
+        "send".into(),
+        "--server".into(),
+        "http://127.0.0.1:9".into(),
+        "a:1".into(),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable server is a failure"
+    );
+}
+
+#[tokio::test]
+async fn rule_files_are_reloaded_when_they_change() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(
+        &file,
+        "name: one\nwhen: event.v > 1\n---\nname: two\nwhen: event.v > 2\n",
+    )
+    .expect("write");
+    let server = Server::start_with(&["--rules", dir.path().to_str().expect("path")]).await;
+    let names = |rules: serde_json::Value| -> Vec<String> {
+        rules["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|r| r["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let (_, rules) = server.get(ADMIN, "/api/v1/rules").await;
+    assert_eq!(names(rules.clone()), vec!["one", "two"]);
+    assert!(
+        rules["rules"][0]["origin"]
+            .as_str()
+            .expect("origin")
+            .starts_with("file:")
+    );
+
+    std::fs::write(
+        &file,
+        "name: one\nwhen: event.v > 10\n---\nname: three\nwhen: event.v > 3\n",
+    )
+    .expect("write");
+    // The watcher polls every 2s; wait for it to notice, bounded.
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, rules) = server.get(ADMIN, "/api/v1/rules").await;
+        seen = names(rules.clone());
+        if seen == ["one", "three"] && rules["rules"][0]["when"] == "event.v > 10" {
+            break;
+        }
+    }
+    assert_eq!(seen, vec!["one", "three"]);
+
+    // A broken file keeps the rules it had.
+    std::fs::write(&file, "name: [unclosed\n").expect("write");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, rules) = server.get(ADMIN, "/api/v1/rules").await;
+    assert_eq!(names(rules), vec!["one", "three"]);
+}
+
+#[tokio::test]
+async fn health_metrics_openapi_and_the_live_stream() {
+    let mut server = Server::start().await;
+    let (status, health) = server.get("", "/healthz").await;
+    assert!(status.is_success());
+    assert_eq!(health["status"], "ok");
+    let (status, ready) = server.get("", "/readyz").await;
+    assert!(status.is_success(), "{ready}");
+
+    let (status, doc) = server.get(ADMIN, "/api/v1/openapi.json").await;
+    assert!(status.is_success());
+    for path in [
+        "/api/v1/events",
+        "/api/v1/rules/{name}",
+        "/api/v1/rules/{name}/test",
+        "/api/v1/alerts",
+        "/api/v1/stream",
+        "/api/v1/tokens",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+
+    let mut stream = server
+        .http
+        .get(format!("{}/api/v1/stream", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("stream")
+        .bytes_stream();
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "live", "source": "s", "when": "true", "summary": "live {{ event.n }}"}),
+        )
+        .await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"n": 7}"#)
+        .await;
+    server.settle().await;
+    let mut text = String::new();
+    while !text.contains("live 7") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event arrives")
+            .expect("chunk")
+            .expect("bytes");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: alert"), "{text}");
+
+    let (_, metrics) = server.get("", "/metrics").await;
+    let metrics = metrics.as_str().expect("text").to_owned();
+    assert!(
+        metrics.contains("tellify_events_ingested_total{source=\"s\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tellify_alerts_fired_total{rule=\"live\",source=\"s\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tellify_alerts_open{severity=\"warning\"} 1"),
+        "{metrics}"
+    );
+
+    let (status, body) = server.get(ADMIN, "/api/v1/nope").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let (_, stats) = server
+        .get(ADMIN, "/api/v1/stats/alerts?group_by=source,rule")
+        .await;
+    assert_eq!(
+        stats["groups"],
+        json!([{"source": "s", "rule": "live", "alerts": 1}])
+    );
+}

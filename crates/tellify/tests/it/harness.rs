@@ -1,0 +1,257 @@
+//! Starts and stops the real server. Time is injected: each server runs on a manual clock
+//! (`TELLIFY_FAKE_CLOCK`) that tests move with [`Server::advance`], which also waits until the
+//! engine has evaluated and committed everything sent before it — so no test sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "tfy_test_admin_token_0123456789";
+/// 2026-11-25T10:00:00Z, a Wednesday.
+pub const T0: i64 = 1_795_600_800_000;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn fixture(path: &str) -> String {
+    let p = repo_root().join("../shared/fixtures").join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: Arc<tempfile::TempDir>,
+    pub http: reqwest::Client,
+    pub now: i64,
+    args: Vec<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), T0)
+    }
+
+    fn spawn(data_dir: Arc<tempfile::TempDir>, args: Vec<String>, now: i64) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tellify"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(&args)
+            .env("TELLIFY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TELLIFY_ADMIN_PASSWORD", "test-password")
+            .env("TELLIFY_FAKE_CLOCK", now.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tellify binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        // Keep draining stderr for the server's whole life, or it blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("Tellify listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the server did not start:\n{}",
+                    log.lock().expect("log lock")
+                );
+            }
+        };
+        Server {
+            child,
+            base,
+            data_dir,
+            http: reqwest::Client::new(),
+            now,
+            args,
+            log,
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would, and starts it again on the same
+    /// data with the clock where it was.
+    pub fn crash_and_restart(mut self) -> Server {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+        let (dir, args, now) = (self.data_dir.clone(), self.args.clone(), self.now);
+        Self::spawn(dir, args, now)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<(&str, String)>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some((content_type, body)) = body {
+            req = req.header("content-type", content_type).body(body);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status();
+        let text = resp.text().await.expect("a body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, token, path, None).await
+    }
+
+    pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::POST,
+            token,
+            path,
+            Some(("application/json", body.to_string())),
+        )
+        .await
+    }
+
+    pub async fn put_json(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::PUT,
+            token,
+            path,
+            Some(("application/json", body.to_string())),
+        )
+        .await
+    }
+
+    /// Posts events and expects them accepted.
+    pub async fn send(&self, token: &str, source: &str, content_type: &str, body: &str) -> Value {
+        let (status, answer) = self
+            .request(
+                reqwest::Method::POST,
+                token,
+                &format!("/api/v1/events?source={source}"),
+                Some((content_type, body.to_owned())),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "events refused: {answer}");
+        answer
+    }
+
+    /// Saves a rule and expects it accepted.
+    pub async fn rule(&self, token: &str, rule: Value) {
+        let name = rule["name"].as_str().expect("a rule name").to_owned();
+        let (status, answer) = self
+            .put_json(token, &format!("/api/v1/rules/{}", encode(&name)), &rule)
+            .await;
+        assert!(
+            status.is_success(),
+            "rule {name} refused: {status} {answer}"
+        );
+    }
+
+    /// Saves every rule document of a YAML file.
+    pub async fn rules_from(&self, token: &str, file: &Path) {
+        let text = std::fs::read_to_string(file).expect("rule file");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+        for doc in docs {
+            self.rule(token, doc).await;
+        }
+    }
+
+    /// Moves the clock forward and waits until the engine has caught up with everything.
+    pub async fn advance(&mut self, by: &str) {
+        let (status, answer) = self
+            .post_json(ADMIN_TOKEN, "/api/v1/_test/clock", &json!({"advance": by}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "advance: {answer}");
+        self.now = answer["now"].as_i64().expect("now");
+    }
+
+    /// Waits until the engine has evaluated everything accepted so far.
+    pub async fn settle(&mut self) {
+        self.advance("0s").await;
+    }
+
+    pub async fn alerts(&self, token: &str, query: &str) -> Vec<Value> {
+        let (status, answer) = self
+            .get(token, &format!("/api/v1/alerts?limit=1000&{query}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "alerts: {answer}");
+        answer["alerts"].as_array().expect("alerts").clone()
+    }
+
+    /// Creates a user with a token; returns the token.
+    pub async fn user(&self, name: &str) -> String {
+        let (status, answer) = self
+            .post_json(ADMIN_TOKEN, "/api/v1/users", &json!({"name": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "user: {answer}");
+        let (status, answer) = self
+            .post_json(ADMIN_TOKEN, "/api/v1/tokens", &json!({"user": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "token: {answer}");
+        answer["token"].as_str().expect("token").to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failing test shows what the server said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log ---\n{}",
+                self.log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The alerts of one rule.
+pub fn of_rule<'a>(alerts: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    alerts.iter().filter(|a| a["rule"] == rule).collect()
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real `tellify` binary on a free port, with a temporary data
+//! directory and an injected clock, talked to over HTTP.
+
+mod harness;
+
+mod cli;
+mod core_flows;
+mod crash;
+mod hostile;
+mod ingest;
+mod isolation;
