@@ -209,6 +209,10 @@ impl Engine {
                 &source.owner,
                 source.visibility == "public",
             );
+            // `_topic` conditions read the latest event of each source right after a restart.
+            if let Some(event) = &source.last_event {
+                self.evaluator.set_topic(&source.name, event);
+            }
         }
         let rules = self.block_on(store.list_rules(None))?;
         let templates = template_table(&rules, &self.evaluator.access);
@@ -377,9 +381,14 @@ impl Engine {
         origin: &str,
         now: i64,
     ) -> Result<(), RuleError> {
-        let rules = self
-            .block_on(self.parts.store.list_rules(None))
-            .map_err(|e| RuleError::new(None, format!("cannot read rules: {e:#}")))?;
+        // Only an instance needs the templates; reading every rule for each save would make
+        // loading many rules quadratic.
+        let rules = match &doc {
+            RuleDoc::Instance(_) => self
+                .block_on(self.parts.store.list_rules(None))
+                .map_err(|e| RuleError::new(None, format!("cannot read rules: {e:#}")))?,
+            _ => Vec::new(),
+        };
         let templates = template_table(&rules, &self.evaluator.access);
         let spec = resolve_doc(&doc, owner, &|o, n| lookup_template(&templates, o, n))?;
         let name = doc.name().to_owned();
@@ -409,6 +418,7 @@ impl Engine {
     fn evaluate(&mut self, mut events: Vec<StoredEvent>) {
         while !events.is_empty() {
             let last = events.last().map(|e| e.seq);
+            let count = events.len() as u64;
             for stored in &events {
                 if stored.seq <= self.checkpoint {
                     continue;
@@ -422,6 +432,7 @@ impl Engine {
                 self.evaluator.on_event(&event, e.hops, e.received);
             }
             let committed = self.commit_pending(last, Vec::new());
+            self.parts.metrics.events_evaluated.inc_by(count);
             events = committed.emitted;
         }
     }

@@ -39,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     pub events_ingested: Family<SourceLabel, Counter>,
     pub events_rejected: Family<ReasonLabel, Counter>,
+    pub events_evaluated: Counter,
     pub rule_evaluations: Counter,
     pub rule_errors: Family<RuleLabel, Counter>,
     pub alerts_fired: Family<RuleSourceLabel, Counter>,
@@ -60,6 +61,12 @@ impl Metrics {
             "events_rejected",
             "Events refused, by reason",
             events_rejected.clone(),
+        );
+        let events_evaluated = Counter::default();
+        registry.register(
+            "events_evaluated",
+            "Events the engine has applied the rules to and committed",
+            events_evaluated.clone(),
         );
         let rule_evaluations = Counter::default();
         registry.register(
@@ -95,6 +102,7 @@ impl Metrics {
             registry,
             events_ingested,
             events_rejected,
+            events_evaluated,
             rule_evaluations,
             rule_errors,
             alerts_fired,
