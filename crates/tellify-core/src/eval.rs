@@ -162,6 +162,10 @@ struct Compiled {
     uses_topic: bool,
     /// A threshold whose condition reads only `_topic`: checked every `every`, not per event.
     topic_only: bool,
+    /// A threshold's scope: the string equalities at the top of its `when`. Events that do not
+    /// meet them neither raise nor resolve its alerts (a `kind:cpu` event says nothing about a
+    /// rule on `event.kind == 'disk' && event.used_pct > 90`).
+    scope: Vec<crate::index::Equality>,
     open: u32,
     error: Option<String>,
 }
@@ -320,6 +324,10 @@ impl Evaluator {
             templates,
             uses_topic,
             topic_only,
+            scope: match (spec.kind, &spec.when) {
+                (RuleKind::Threshold, Some(w)) => required_equalities(w).unwrap_or_default(),
+                _ => Vec::new(),
+            },
             open: 0,
             error: None,
         })
@@ -789,6 +797,11 @@ impl Evaluator {
     }
 
     fn apply_threshold(&mut self, id: RuleId, ev: Option<(&Event, ValId)>, at: i64) {
+        if let (Some((event, _)), Some(rule)) = (ev, self.rules[id as usize].as_ref())
+            && !in_scope(&rule.scope, &event.data)
+        {
+            return;
+        }
         let Some(holds) = self.holds(id, ev, at) else {
             return;
         };
@@ -1429,18 +1442,9 @@ pub fn dry_run(
 }
 
 /// Where a rule goes in the index: under its conditions' equalities, when every condition
-/// that can open or close one of its alerts from an event has some.
+/// that can open or close one of its alerts from an event has some. (A threshold's `when`
+/// equalities are its scope, see [`Compiled::scope`], so thresholds file like the rest.)
 fn filing(spec: &RuleSpec) -> Filing {
-    // A threshold resolves on events where `when` is false, and a script sees every event:
-    // both must meet all events of their source.
-    if matches!(spec.kind, RuleKind::Threshold | RuleKind::Script) {
-        return match (&spec.kind, &spec.when) {
-            (RuleKind::Script, Some(w)) => required_equalities(w)
-                .and_then(|e| e.into_iter().next())
-                .map_or(Filing::Always, |eq| Filing::Under(vec![eq])),
-            _ => Filing::Always,
-        };
-    }
     let Some(when) = &spec.when else {
         return Filing::Always;
     };
@@ -1456,6 +1460,16 @@ fn filing(spec: &RuleSpec) -> Filing {
         }
     }
     Filing::Under(eqs)
+}
+
+/// Whether an event meets a threshold's scope. A field that is present but not a string is left
+/// to the JavaScript to judge (`==` may still equate it), so only a clear mismatch excludes.
+fn in_scope(scope: &[crate::index::Equality], data: &Value) -> bool {
+    scope.iter().all(|eq| match lookup(data, &eq.path) {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => *s == eq.value,
+        Some(_) => true,
+    })
 }
 
 /// A JSON value as text for keys and labels: strings without quotes.
@@ -1480,5 +1494,225 @@ fn js_error(field: &str, e: ExprError) -> RuleError {
             failures: Vec::new(),
         },
         other => RuleError::new(Some(field), other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MIN: i64 = 60_000;
+
+    fn rule(doc: Value) -> RuleSpec {
+        match crate::rule::parse_doc(doc).expect("valid rule") {
+            crate::rule::RuleDoc::Rule(r) => *r,
+            other => panic!("not a rule: {other:?}"),
+        }
+    }
+
+    fn event(source: &str, data: Value) -> Event {
+        Event {
+            source: source.into(),
+            time: 0,
+            data,
+        }
+    }
+
+    fn with(rules: &[Value], now: i64) -> Evaluator {
+        let mut ev = Evaluator::new(Limits::default());
+        for r in rules {
+            ev.upsert("ann", rule(r.clone()), now).expect("rule loads");
+        }
+        ev.drain();
+        ev
+    }
+
+    /// The changes as (kind, key) pairs.
+    fn kinds(out: &Outcome) -> Vec<(&'static str, String)> {
+        out.changes
+            .iter()
+            .map(|c| {
+                let kind = match c {
+                    Change::Open {
+                        status: Status::Pending,
+                        ..
+                    } => "pending",
+                    Change::Open { .. } => "open",
+                    Change::Fire { .. } => "fire",
+                    Change::Fold { .. } => "fold",
+                    Change::Resolve { .. } => "resolve",
+                    Change::Discard { .. } => "discard",
+                };
+                (kind, c.alert().key.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn threshold_scope_and_for() {
+        let mut ev = with(
+            &[json!({"name": "disk", "kind": "threshold", "source": "m",
+            "when": "event.kind == 'disk' && event.pct > 90", "for": "5m"})],
+            0,
+        );
+        ev.on_event(&event("m", json!({"kind": "disk", "pct": 95})), 0, 0);
+        assert_eq!(kinds(&ev.drain()), vec![("pending", "disk".into())]);
+        // Outside the scope: neither resolves nor folds.
+        ev.on_event(&event("m", json!({"kind": "cpu", "pct": 10})), 0, MIN);
+        assert!(ev.drain().changes.is_empty());
+        assert_eq!(ev.next_deadline(), Some(5 * MIN));
+        ev.advance(5 * MIN);
+        let out = ev.drain();
+        assert!(
+            matches!(out.changes[..], [Change::Fire { at, .. }] if at == 5 * MIN),
+            "{:?}",
+            out.changes
+        );
+        ev.on_event(&event("m", json!({"kind": "disk", "pct": 50})), 0, 6 * MIN);
+        assert_eq!(kinds(&ev.drain()), vec![("resolve", "disk".into())]);
+    }
+
+    #[test]
+    fn count_with_distinct_values_slides_out_of_its_window() {
+        let mut ev = with(
+            &[json!({"name": "c", "kind": "count", "when": "event.fail",
+            "group_by": ["run"], "distinct": "block", "threshold": 2, "window": "10m"})],
+            0,
+        );
+        for (i, block) in ["a", "a", "b", "c"].iter().enumerate() {
+            ev.on_event(
+                &event("s", json!({"fail": true, "run": "r1", "block": block})),
+                0,
+                i as i64 * MIN,
+            );
+        }
+        // Two events of block a count once: the third distinct block (at 3 min) fires.
+        assert_eq!(kinds(&ev.drain()), vec![("open", "r1".into())]);
+        ev.advance(11 * MIN);
+        // The a's of 0 and 1 min slide out at 10 and 11 min: only b and c remain, two values.
+        assert_eq!(kinds(&ev.drain()), vec![("resolve", "r1".into())]);
+    }
+
+    #[test]
+    fn absence_of_expected_keys_fires_without_any_event() {
+        let mut ev = with(
+            &[
+                json!({"name": "hb", "kind": "absence", "expect_every": "1m",
+            "group_by": ["host"], "keys": ["db1"]}),
+            ],
+            0,
+        );
+        ev.advance(MIN - 1);
+        assert!(ev.drain().changes.is_empty());
+        ev.advance(MIN);
+        assert_eq!(kinds(&ev.drain()), vec![("open", "db1".into())]);
+        ev.on_event(&event("s", json!({"host": "db1"})), 0, 2 * MIN);
+        assert_eq!(kinds(&ev.drain()), vec![("resolve", "db1".into())]);
+    }
+
+    #[test]
+    fn match_folds_and_resolves_after_quiet() {
+        let mut ev = with(
+            &[json!({"name": "m", "when": "event.bad", "resolve_after": "10m"})],
+            0,
+        );
+        ev.on_event(&event("s", json!({"bad": true})), 0, 0);
+        ev.on_event(&event("s", json!({"bad": true})), 0, 5 * MIN);
+        assert_eq!(
+            kinds(&ev.drain()),
+            vec![("open", "m".into()), ("fold", "m".into())]
+        );
+        ev.advance(14 * MIN);
+        assert!(
+            ev.drain().changes.is_empty(),
+            "10 minutes from the last match, not the first"
+        );
+        ev.advance(15 * MIN);
+        assert_eq!(kinds(&ev.drain()), vec![("resolve", "m".into())]);
+    }
+
+    #[test]
+    fn disabling_a_rule_resolves_its_alerts() {
+        let doc = json!({"name": "m", "when": "true", "group_by": ["k"]});
+        let mut ev = with(std::slice::from_ref(&doc), 0);
+        ev.on_event(&event("s", json!({"k": "a"})), 0, 0);
+        ev.on_event(&event("s", json!({"k": "b"})), 0, 0);
+        ev.drain();
+        let mut disabled = doc;
+        disabled["disabled"] = json!(true);
+        ev.upsert("ann", rule(disabled), MIN).expect("updates");
+        let out = ev.drain();
+        assert_eq!(out.changes.len(), 2);
+        assert!(out.changes.iter().all(|c| matches!(
+            c,
+            Change::Resolve {
+                reason: ResolveReason::RuleDisabled,
+                ..
+            }
+        )));
+        ev.on_event(&event("s", json!({"k": "a"})), 0, 2 * MIN);
+        assert!(
+            ev.drain().changes.is_empty(),
+            "a disabled rule is not evaluated"
+        );
+    }
+
+    #[test]
+    fn state_survives_through_take_dirty_and_restore() {
+        let doc = json!({"name": "t", "kind": "threshold", "when": "event.v > 1", "for": "5m"});
+        let mut ev = with(std::slice::from_ref(&doc), 0);
+        ev.on_event(&event("s", json!({"v": 2})), 0, MIN);
+        ev.drain();
+        let saved = ev.take_dirty();
+        assert_eq!(saved.len(), 1);
+        let mut restarted = with(&[doc], 2 * MIN);
+        restarted.restore_open(
+            &AlertKey {
+                owner: "ann".into(),
+                rule: "t".into(),
+                key: "t".into(),
+            },
+            Status::Pending,
+        );
+        for s in saved {
+            restarted.restore_state(
+                &s.owner,
+                &s.rule,
+                &s.key,
+                s.state.as_ref().expect("state"),
+                2 * MIN,
+            );
+        }
+        restarted.advance(6 * MIN);
+        assert!(
+            matches!(restarted.drain().changes[..], [Change::Fire { at, .. }] if at == 6 * MIN)
+        );
+    }
+
+    #[test]
+    fn only_indexed_candidates_are_evaluated() {
+        let rules: Vec<Value> = (0..100)
+            .map(|i| json!({"name": format!("r{i}"), "source": "m", "when": format!("event.host == 'h{i}' && event.cpu > 90")}))
+            .collect();
+        let mut ev = with(&rules, 0);
+        ev.on_event(&event("m", json!({"host": "h7", "cpu": 95})), 0, 0);
+        let out = ev.drain();
+        assert_eq!(
+            out.evaluations, 1,
+            "one rule's condition ran, not a hundred"
+        );
+        assert_eq!(kinds(&out), vec![("open", "r7".into())]);
+    }
+
+    #[test]
+    fn sources_private_to_others_are_not_seen() {
+        let mut ev = with(&[json!({"name": "all", "when": "true"})], 0);
+        ev.access.set_source("bobs", "bob", false);
+        ev.on_event(&event("bobs", json!({})), 0, 0);
+        assert!(ev.drain().changes.is_empty());
+        ev.access.set_source("shared", "bob", true);
+        ev.on_event(&event("shared", json!({})), 0, 0);
+        assert_eq!(ev.drain().changes.len(), 1);
     }
 }

@@ -109,6 +109,24 @@ impl Server {
         Self::spawn(dir, args, now)
     }
 
+    /// Asks the process to stop (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        self.child.wait().expect("wait")
+    }
+
+    /// Starts the server again on the same data after it stopped.
+    pub fn restart(self) -> Server {
+        let (dir, args, now) = (self.data_dir.clone(), self.args.clone(), self.now);
+        drop(self);
+        Self::spawn(dir, args, now)
+    }
+
     pub async fn request(
         &self,
         method: reqwest::Method,

@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod core_flows;
 mod crash;
+mod failures;
 mod hostile;
 mod ingest;
 mod isolation;

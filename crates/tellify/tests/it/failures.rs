@@ -1,0 +1,148 @@
+//! Failure paths: a locked database, rate limits, a polite stop, rules disabled and deleted.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
+
+#[tokio::test]
+async fn a_locked_database_delays_ingest_and_loses_nothing() {
+    let mut server = Server::start().await;
+    server
+        .rule(ADMIN, json!({"name": "all", "source": "s", "when": "true"}))
+        .await;
+    let db = server.data_dir.path().join("tellify.db");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("connect");
+    // Another process holds the write lock.
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .expect("lock");
+    let base = server.base.clone();
+    let post = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/events?source=s"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(r#"{"n": 1}"#)
+            .send()
+            .await
+            .expect("answer")
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !post.is_finished(),
+        "no 202 while the events cannot be stored"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("unlock");
+    assert_eq!(post.await.expect("joined"), StatusCode::ACCEPTED);
+    server.settle().await;
+    assert_eq!(server.alerts(ADMIN, "").await[0]["count"], 1);
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_per_token() {
+    let server = Server::start_with(&["--rate-limit", "2"]).await;
+    let bob = server.user("bob").await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (status, body) = server
+            .request(
+                Method::POST,
+                ADMIN,
+                "/api/v1/events?source=s",
+                Some(("application/json", "{}".into())),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+        statuses.push(status.as_u16());
+    }
+    // The clock does not move: a burst of twice the rate, then refusals.
+    assert_eq!(statuses, vec![202, 202, 202, 202, 429, 429]);
+    let (status, _) = server
+        .request(
+            Method::POST,
+            &bob,
+            "/api/v1/events?source=b",
+            Some(("application/json", "{}".into())),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "another token has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_and_keeps_everything() {
+    let mut server = Server::start().await;
+    server
+        .rule(ADMIN, json!({"name": "m", "source": "s", "when": "true"}))
+        .await;
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let mut server = server.restart();
+    server.settle().await;
+    assert_eq!(server.alerts(ADMIN, "").await.len(), 1);
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_rule_resolves_its_alerts() {
+    let mut server = Server::start().await;
+    for name in ["keep", "off", "gone"] {
+        server
+            .rule(ADMIN, json!({"name": name, "source": "s", "when": "true"}))
+            .await;
+    }
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    assert_eq!(server.alerts(ADMIN, "status=firing").await.len(), 3);
+
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "off", "source": "s", "when": "true", "disabled": true}),
+        )
+        .await;
+    let (status, _) = server
+        .request(Method::DELETE, ADMIN, "/api/v1/rules/gone", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .request(Method::DELETE, ADMIN, "/api/v1/rules/gone", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.settle().await;
+
+    let resolved = server.alerts(ADMIN, "status=resolved").await;
+    let reason = |rule: &str| {
+        resolved
+            .iter()
+            .find(|a| a["rule"] == rule)
+            .map(|a| a["resolve_reason"].clone())
+    };
+    assert_eq!(reason("off"), Some(json!("rule disabled")));
+    assert_eq!(reason("gone"), Some(json!("rule removed")));
+    let (_, off) = server.get(ADMIN, "/api/v1/rules/off").await;
+    assert_eq!(off["status"], "disabled");
+
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    let firing = server.alerts(ADMIN, "status=firing").await;
+    assert_eq!(firing.len(), 1, "only the enabled rule still fires");
+    assert_eq!(firing[0]["rule"], "keep");
+    assert_eq!(firing[0]["count"], 2);
+}
