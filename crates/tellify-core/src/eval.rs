@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::alert::{AlertKey, Change, Content, ResolveReason, Status, as_number};
 use crate::event::{Event, lookup};
 use crate::expr::{Arg, ExprError, FnId, Limits, Sandbox, ScriptAction, ValId};
-use crate::index::{Filing, RuleId, RuleIndex, identifiers, required_equalities};
+use crate::index::{Filing, RuleId, RuleIndex, identifiers, required_equalities, topic_references};
 use crate::rule::{RuleError, RuleKind, RuleSpec};
 use crate::template::Templates;
 
@@ -160,6 +160,9 @@ struct Compiled {
     script: Option<FnId>,
     templates: Templates,
     uses_topic: bool,
+    /// The sources its scripts read literally through `_topic`: until each has data, the
+    /// rule cannot hold and is not run.
+    topics: Vec<String>,
     /// A threshold whose condition reads only `_topic`: checked every `every`, not per event.
     topic_only: bool,
     /// A threshold's scope: the string equalities at the top of its `when`. Events that do not
@@ -323,6 +326,15 @@ impl Evaluator {
             script,
             templates,
             uses_topic,
+            topics: {
+                let mut names: Vec<String> = spec
+                    .scripts()
+                    .flat_map(|(_, src)| topic_references(src))
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            },
             topic_only,
             scope: match (spec.kind, &spec.when) {
                 (RuleKind::Threshold, Some(w)) => required_equalities(w).unwrap_or_default(),
@@ -758,7 +770,11 @@ impl Evaluator {
     }
 
     fn holds(&mut self, id: RuleId, ev: Option<(&Event, ValId)>, now: i64) -> Option<bool> {
-        match self.rules[id as usize].as_ref()?.when {
+        let rule = self.rules[id as usize].as_ref()?;
+        if !rule.topics.iter().all(|t| self.topics.contains_key(t)) {
+            return Some(false);
+        }
+        match rule.when {
             Some(f) => self.call_bool(id, f, ev, now),
             None => Some(true),
         }

@@ -220,6 +220,48 @@ pub fn identifiers(src: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// The source names a script reads literally through `_topic['NAME']` or `_topic.NAME`.
+/// Computed names (`_topic['apps.' + id]`) are not listed.
+pub fn topic_references(src: &str) -> Vec<String> {
+    let Some(tokens) = tokenize(src) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for window in tokens.windows(4) {
+        let name = match window {
+            [
+                Token::Ident(t),
+                Token::Punct("["),
+                Token::Str(name),
+                Token::Punct("]"),
+            ] if t == "_topic" => name,
+            [
+                Token::Ident(t),
+                Token::Punct("." | "?."),
+                Token::Ident(name),
+                _,
+            ] if t == "_topic" => name,
+            _ => continue,
+        };
+        if !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    // `_topic.x` at the very end of the text has no fourth token.
+    if let [
+        ..,
+        Token::Ident(t),
+        Token::Punct("." | "?."),
+        Token::Ident(name),
+    ] = &tokens[..]
+        && t == "_topic"
+        && !out.contains(name)
+    {
+        out.push(name.clone());
+    }
+    out
+}
+
 /// Where a rule is filed: under equalities (any one suffices to make it a candidate) or always.
 #[derive(Debug, Clone)]
 pub enum Filing {
@@ -356,6 +398,22 @@ mod tests {
         assert_eq!(
             identifiers("_topic['cluster.metrics'].numAppsRunning > event.x").expect("tokenizes"),
             vec!["_topic".to_owned(), "event".to_owned()]
+        );
+    }
+
+    #[test]
+    fn topic_references_are_literal_names() {
+        assert_eq!(
+            topic_references(
+                "_topic['cluster.metrics'].numAppsRunning > 5 && _topic[\"apps\"].n && _topic.x"
+            ),
+            vec!["cluster.metrics", "apps", "x"]
+        );
+        assert_eq!(
+            topic_references(
+                "var a=_topic['applications'].apps; _topic['applications.'+a[0].id].state"
+            ),
+            vec!["applications"]
         );
     }
 

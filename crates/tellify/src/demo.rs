@@ -96,14 +96,22 @@ async fn feed(state: AppState, mut shutdown: watch::Receiver<bool>) {
                 json!({"host": "cadlicense", "kind": "heartbeat", "words": ["alive"]}),
             ));
         }
-        if tick.is_multiple_of(20) {
-            let state_name = if tick.is_multiple_of(40) {
-                "SUCCEEDED"
-            } else {
-                "FAILED"
-            };
-            events.push(("dataos", json!({"data": {"actionName": "wf-demo/ingest", "kind": "job", "namespace": "public", "state": state_name, "owner": "demo"}})));
+        // A DataOS run fails on the first tick and every 20 after, and recovers 10 ticks later,
+        // so the first alert shows within seconds of starting.
+        let state_name = match tick % 20 {
+            1 => Some("FAILED"),
+            11 => Some("SUCCEEDED"),
+            _ => None,
+        };
+        if let Some(state_name) = state_name {
+            for (action, kind) in [("wf-demo/ingest", "job"), ("wf-demo/wf-demo", "workflow")] {
+                events.push(("dataos", json!({"data": {"actionName": action, "kind": kind, "namespace": "public", "state": state_name, "owner": "demo"}})));
+            }
         }
+        // Builds: one block's place step fails each tick, cycling through six blocks per run.
+        let block = format!("gc_{}", ["a", "b", "c", "d", "e", "f"][(tick % 6) as usize]);
+        events.push(("builds", json!({"project": "vr0", "block": block, "user": "demo", "runtag": format!("r{}", tick / 12),
+            "status": if tick.is_multiple_of(3) { "good" } else { "fail" }, "words": ["place", "completed"]})));
         let events = events
             .into_iter()
             .map(|(source, data)| NewEvent {

@@ -553,7 +553,7 @@ fn check_topic_access(
         ));
     }
     for (field, src) in spec.scripts() {
-        for topic in topic_names(src) {
+        for topic in tellify_core::index::topic_references(src) {
             if !evaluator.access.can_read(owner, &topic) {
                 return Err(RuleError::new(
                     Some(field),
@@ -563,33 +563,6 @@ fn check_topic_access(
         }
     }
     Ok(())
-}
-
-/// The literal source names in `_topic['NAME']` / `_topic["NAME"]` / `_topic.NAME`.
-fn topic_names(src: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = src;
-    while let Some(at) = rest.find("_topic") {
-        rest = &rest[at + "_topic".len()..];
-        let trimmed = rest.trim_start();
-        if let Some(after) = trimmed.strip_prefix('[') {
-            let after = after.trim_start();
-            if let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"')
-                && let Some(end) = after[1..].find(quote)
-            {
-                out.push(after[1..1 + end].to_owned());
-            }
-        } else if let Some(after) = trimmed.strip_prefix('.') {
-            let name: String = after
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                out.push(name);
-            }
-        }
-    }
-    out
 }
 
 /// Templates by (owner, name), each with whether its owner is an admin (shared templates).
@@ -624,20 +597,4 @@ fn lookup_template(table: &TemplateTable, owner: &str, name: &str) -> Option<rul
 /// The JSON documents of stored rules, keyed by name, for `rules export`.
 pub fn docs(rules: &[StoredRule]) -> Vec<Value> {
     rules.iter().map(|r| r.doc.clone()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names_are_found() {
-        assert_eq!(
-            topic_names(
-                "_topic['cluster.metrics'].numAppsRunning > 5 && _topic[\"apps\"] && _topic.x"
-            ),
-            vec!["cluster.metrics", "apps", "x"]
-        );
-        assert!(topic_names("_topic['applications.'+appId]").contains(&"applications.".to_owned()));
-    }
 }

@@ -290,3 +290,28 @@ async fn health_metrics_openapi_and_the_live_stream() {
         json!([{"source": "s", "rule": "live", "alerts": 1}])
     );
 }
+
+#[tokio::test]
+async fn demo_mode_loads_the_examples_and_shows_alerts_within_seconds() {
+    let server = Server::start_with(&["--demo"]).await;
+    let (_, rules) = server.get(ADMIN, "/api/v1/rules").await;
+    let rules = rules["rules"].as_array().expect("rules").clone();
+    assert!(
+        rules.len() >= 15,
+        "the example packs are loaded: {}",
+        rules.len()
+    );
+    assert!(rules.iter().all(|r| r["error"].is_null()), "{rules:#?}");
+    let mut firing = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        firing = server.alerts(ADMIN, "status=firing").await;
+        if !firing.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        firing.iter().any(|a| a["rule"] == "dataos-job-failed"),
+        "{firing:#?}"
+    );
+}
