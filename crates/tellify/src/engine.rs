@@ -419,6 +419,13 @@ impl Engine {
         while !events.is_empty() {
             let last = events.last().map(|e| e.seq);
             let count = events.len() as u64;
+            let _span = tracing::debug_span!(
+                "evaluate",
+                first_seq = events.first().map(|e| e.seq),
+                last_seq = last,
+                events = count
+            )
+            .entered();
             for stored in &events {
                 if stored.seq <= self.checkpoint {
                     continue;
@@ -496,6 +503,14 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        for (owner, rule, error) in &outcome.status {
+            match error {
+                Some(error) => {
+                    warn!(message = "Rule failed; marked `error`.", %owner, %rule, %error)
+                }
+                None => info!(message = "Rule healthy again.", %owner, %rule),
+            }
+        }
         let committed = self.commit(EngineCommit {
             checkpoint,
             changes: outcome.changes,
@@ -514,6 +529,7 @@ impl Engine {
                 .inc();
         }
         for alert in &committed.alerts {
+            tracing::debug!(message = "Alert changed.", alert_id = %alert.id, rule = %alert.rule, key = %alert.key, status = %alert.status);
             // Nobody listening is fine: the stream is for whoever is connected now.
             let _ = self.parts.alerts.send(alert.clone());
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
 use tokio::sync::{mpsc, oneshot};
-use tracing::error;
+use tracing::{Instrument, error};
 
 use crate::engine::{Command, EngineHandle};
 use crate::metrics::{Metrics, SourceLabel};
@@ -150,7 +150,8 @@ async fn writer(
             }
         }
         let batches: Vec<EventBatch> = jobs.iter().map(|j| j.batch.clone()).collect();
-        match store.append_events(&batches).await {
+        let span = tracing::debug_span!("ingest", requests = batches.len(), events = total);
+        match store.append_events(&batches).instrument(span).await {
             Ok(seqs) => {
                 let mut claims = Vec::new();
                 for batch in &batches {
