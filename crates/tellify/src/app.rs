@@ -142,10 +142,10 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         }
         None => Arc::new(SystemClock),
     };
-    let retention: tellify_core::rule::Duration = args
-        .event_retention
-        .parse()
-        .map_err(|m: String| anyhow::anyhow!("--event-retention: {m}"))?;
+    let retention = Retention {
+        events: parse_duration("--event-retention", &args.event_retention)?,
+        alerts: parse_duration("--history-retention", &args.history_retention)?,
+    };
     let store = open_store(&args).await?;
     ensure_secret_key(&args.data_dir)?;
     bootstrap_admin(store.as_ref(), clock.now()).await?;
@@ -195,10 +195,12 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     if args.demo {
         crate::demo::start(state.clone(), shutdown_rx.clone()).await?;
     }
+    // The first pass runs before serving, so a changed retention applies at once.
+    prune_once(store.as_ref(), clock.now(), retention).await;
     tokio::spawn(prune(
         store.clone(),
         clock.clone(),
-        retention.millis(),
+        retention,
         shutdown_rx.clone(),
     ));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -224,11 +226,25 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     })
 }
 
-/// Keeps the event log bounded: evaluated events older than the retention go.
+/// How long evaluated events and resolved alerts are kept, in ms.
+#[derive(Clone, Copy)]
+struct Retention {
+    events: i64,
+    alerts: i64,
+}
+
+fn parse_duration(flag: &str, text: &str) -> Result<i64> {
+    text.parse::<tellify_core::rule::Duration>()
+        .map(|d| d.millis())
+        .map_err(|m| anyhow::anyhow!("{flag}: {m}"))
+}
+
+/// Keeps the event log and alert history bounded, every ten minutes after the first pass
+/// at start.
 async fn prune(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    retention_ms: i64,
+    retention: Retention,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -236,11 +252,23 @@ async fn prune(
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
         }
-        match store.prune_events(clock.now() - retention_ms).await {
-            Ok(0) => {}
-            Ok(n) => info!(message = "Pruned old events.", events = n),
-            Err(e) => warn!(message = "Failed to prune old events.", error = %format!("{e:#}")),
-        }
+        prune_once(store.as_ref(), clock.now(), retention).await;
+    }
+}
+
+async fn prune_once(store: &dyn Store, now: i64, retention: Retention) {
+    match store.prune_events(now - retention.events).await {
+        Ok(0) => {}
+        Ok(n) => info!(message = "Pruned old events.", events = n),
+        Err(e) => warn!(message = "Failed to prune old events.", error = %format!("{e:#}")),
+    }
+    match store.prune_alerts(now - retention.alerts).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            message = "Pruned resolved alerts past their retention.",
+            alerts = n
+        ),
+        Err(e) => warn!(message = "Failed to prune old alerts.", error = %format!("{e:#}")),
     }
 }
 

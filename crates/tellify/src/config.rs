@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// How long evaluated events are kept in the log.
     #[arg(long, env = "TELLIFY_EVENT_RETENTION", default_value = "1d")]
     pub event_retention: String,
+    /// How long resolved alerts and their history are kept.
+    #[arg(long, env = "TELLIFY_HISTORY_RETENTION", default_value = "90d")]
+    pub history_retention: String,
     /// Tests only: start a manual clock at this epoch-ms time, moved by `POST /api/v1/_test/clock`.
     #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
     pub fake_clock: Option<i64>,

@@ -272,6 +272,8 @@ pub trait Store: Send + Sync {
     async fn source(&self, name: &str) -> Result<Option<SourceInfo>>;
     /// Removes events received before `before` that the engine has evaluated.
     async fn prune_events(&self, before: i64) -> Result<u64>;
+    /// Removes alerts resolved before `before`, with their history.
+    async fn prune_alerts(&self, before: i64) -> Result<u64>;
 
     // Rules.
     async fn list_rules(&self, owner: Option<&str>) -> Result<Vec<StoredRule>>;

@@ -531,6 +531,23 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn prune_alerts(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM alert_history WHERE alert_id IN
+                 (SELECT id FROM alerts WHERE status = 'resolved' AND resolved_at < ?)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM alerts WHERE status = 'resolved' AND resolved_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     async fn list_rules(&self, owner: Option<&str>) -> Result<Vec<StoredRule>> {
         Ok(
             sqlx::query("SELECT * FROM rules WHERE ?1 IS NULL OR owner = ?1 ORDER BY owner, name")

@@ -146,3 +146,67 @@ async fn disabling_or_deleting_a_rule_resolves_its_alerts() {
     assert_eq!(firing[0]["rule"], "keep");
     assert_eq!(firing[0]["count"], 2);
 }
+
+#[tokio::test]
+async fn resolved_alerts_are_kept_for_the_history_retention_then_pruned() {
+    let mut server = Server::start_with(&["--history-retention", "30d"]).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "m", "source": "s", "when": "true", "group_by": ["k"]}),
+        )
+        .await;
+    server
+        .send(
+            ADMIN,
+            "s",
+            "application/json",
+            r#"[{"k": "old"}, {"k": "open"}]"#,
+        )
+        .await;
+    server.settle().await;
+    let old = server
+        .alerts(ADMIN, "")
+        .await
+        .into_iter()
+        .find(|a| a["key"] == "old")
+        .expect("alert");
+    let id = old["id"].as_str().expect("id").to_owned();
+    let (status, _) = server
+        .request(
+            Method::POST,
+            ADMIN,
+            &format!("/api/v1/alerts/{id}/resolve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    server.advance("29d").await;
+    let server = server.restart();
+    assert_eq!(
+        server.alerts(ADMIN, "").await.len(),
+        2,
+        "29 days: still kept"
+    );
+    let mut server = server;
+    server.advance("2d").await;
+    let server = server.restart();
+    let left = server.alerts(ADMIN, "").await;
+    assert_eq!(
+        left.len(),
+        1,
+        "the resolved alert is gone, the open one stays: {left:#?}"
+    );
+    assert_eq!(left[0]["key"], "open");
+    let (status, _) = server.get(ADMIN, &format!("/api/v1/alerts/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, history) = server.get(ADMIN, "/api/v1/history?rule=m").await;
+    assert!(
+        history["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .all(|h| h["alert_id"] != id.as_str())
+    );
+}
