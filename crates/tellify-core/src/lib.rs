@@ -13,6 +13,9 @@
 //! - [`index`]: which rules could care about an event, without running JavaScript.
 //! - [`alert`]: alert statuses, severities and the changes the evaluator decides.
 //! - [`eval`]: the evaluator — rules applied to events and time, alert changes out.
+//! - [`subscription`]: which alert changes go to which channel, when (schedules in the
+//!   owner's time zone, digests).
+//! - [`silence`]: muting matching alerts for a time range.
 //!
 //! The main types connect like this: a [`rule::RuleSpec`] is compiled into the
 //! [`eval::Evaluator`], which is fed [`event::Event`]s and clock ticks and emits
@@ -24,4 +27,6 @@ pub mod event;
 pub mod expr;
 pub mod index;
 pub mod rule;
+pub mod silence;
+pub mod subscription;
 pub mod template;
