@@ -129,8 +129,10 @@ pub enum ResolveReason {
     Script,
     /// The rule was disabled.
     RuleDisabled,
-    /// The rule was deleted or changed so its alerts no longer apply.
+    /// The rule was deleted.
     RuleRemoved,
+    /// The rule's kind or keys changed, so its open alerts could never close.
+    RuleChanged,
     /// A person resolved it.
     Manual,
 }
@@ -143,6 +145,7 @@ impl ResolveReason {
             ResolveReason::Script => "resolved by the rule's script",
             ResolveReason::RuleDisabled => "rule disabled",
             ResolveReason::RuleRemoved => "rule removed",
+            ResolveReason::RuleChanged => "rule changed",
             ResolveReason::Manual => "resolved by hand",
         }
     }

@@ -25,7 +25,10 @@ use crate::template::Templates;
 /// The names a condition sees: the event (also as `e`), its source and time (ms).
 const CONDITION_PARAMS: [&str; 4] = ["event", "e", "source", "time"];
 /// How deep rules may chain through `ctx.emit` before the chain is cut.
-pub const MAX_HOPS: u8 = 8;
+pub const MAX_HOPS: u8 = 5;
+/// How many events one script call may emit. With [`MAX_HOPS`] this bounds what one event
+/// can multiply into, so one rule cannot stall the engine for everyone.
+pub const MAX_EMITS_PER_CALL: usize = 10;
 /// The default check interval of a threshold rule on `_topic` alone.
 const DEFAULT_EVERY_MS: i64 = 10_000;
 
@@ -56,6 +59,16 @@ impl Access {
         self.sources
             .entry(source.to_owned())
             .or_insert_with(|| (owner.to_owned(), false));
+    }
+
+    /// Whether `user` may put events into `source`: its owner, an admin, or anyone for a
+    /// source nobody has claimed (they claim it).
+    pub fn may_write(&self, user: &str, source: &str) -> bool {
+        self.admins.contains(user)
+            || self
+                .sources
+                .get(source)
+                .is_none_or(|(owner, _)| owner == user)
     }
 
     pub fn has_source(&self, source: &str) -> bool {
@@ -369,10 +382,15 @@ impl Evaluator {
                 if old.uses_topic {
                     self.owner_box(owner)?.topic_rules -= 1;
                 }
+                // Alerts stay with a rule that keeps its kind and keys; otherwise no event could
+                // close them any more, so they are resolved now.
                 let reason = if spec.disabled {
                     Some(ResolveReason::RuleDisabled)
-                } else if old.spec.kind != spec.kind {
-                    Some(ResolveReason::RuleRemoved)
+                } else if old.spec.kind != spec.kind
+                    || old.spec.key != spec.key
+                    || old.spec.group_by != spec.group_by
+                {
+                    Some(ResolveReason::RuleChanged)
                 } else {
                     None
                 };
@@ -393,7 +411,12 @@ impl Evaluator {
         };
         let rule = self.rules[id as usize].as_ref().expect("just stored");
         if rule.uses_topic {
-            let topics: Vec<String> = self.topics.keys().cloned().collect();
+            let topics: Vec<String> = self
+                .topics
+                .keys()
+                .filter(|t| self.access.can_read(owner, t))
+                .cloned()
+                .collect();
             let b = self.owner_box(owner)?;
             b.topic_rules += 1;
             b.stale_topics.extend(topics);
@@ -410,6 +433,22 @@ impl Evaluator {
             return;
         };
         self.close_rule(id, now, ResolveReason::RuleRemoved);
+        // The rule's slot is emptied below, so its cleared states are reported from here.
+        let cleared: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|(r, _)| *r == id)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in cleared {
+            self.dirty.remove(&(id, key.clone()));
+            self.removed_states.push(StateUpdate {
+                owner: owner.to_owned(),
+                rule: name.to_owned(),
+                key,
+                state: None,
+            });
+        }
         if let Some(old) = self.rules[id as usize].take() {
             self.forget_fns(&old);
             if old.uses_topic
@@ -648,6 +687,10 @@ impl Evaluator {
             return;
         };
         for source in b.stale_topics.drain() {
+            // Checked again here: who may read a source can change after it was marked.
+            if !self.access.can_read(owner, &source) {
+                continue;
+            }
             if let Some(data) = self.topics.get(&source) {
                 // A topic too large for the sandbox leaves the old value; the rule reading it
                 // then reports its own error.
@@ -900,7 +943,10 @@ impl Evaluator {
             return;
         };
         let before = events.len();
-        while events.front().is_some_and(|(t, _)| *t <= now - window) {
+        while events
+            .front()
+            .is_some_and(|(t, _)| *t <= now.saturating_sub(window))
+        {
             events.pop_front();
         }
         let pruned = events.len() != before;
@@ -977,6 +1023,7 @@ impl Evaluator {
                 }),
             );
         }
+        let mut emits = 0;
         for action in outcome.actions {
             match action {
                 ScriptAction::Fire(spec) => {
@@ -1034,20 +1081,30 @@ impl Evaluator {
                     source,
                     event: data,
                 } => {
-                    if hops + 1 >= MAX_HOPS {
-                        let r = self.rules[id as usize].as_ref().expect("exists");
-                        self.out.failures.push(RuleFailure {
-                            owner: r.owner.clone(),
-                            rule: r.spec.name.clone(),
-                            message: format!(
-                                "ctx.emit chain deeper than {MAX_HOPS} rules: event dropped"
-                            ),
-                        });
+                    let refusal = if hops + 1 >= MAX_HOPS {
+                        Some(format!(
+                            "ctx.emit chain deeper than {MAX_HOPS} rules: event dropped"
+                        ))
+                    } else if emits >= MAX_EMITS_PER_CALL {
+                        Some(format!(
+                            "more than {MAX_EMITS_PER_CALL} ctx.emit calls in one run: the rest dropped"
+                        ))
+                    } else if !data.is_object() {
+                        Some("ctx.emit needs an object as the event".to_owned())
+                    } else if let Err(m) = crate::event::validate_source_name(&source) {
+                        Some(format!("ctx.emit: {m}"))
+                    } else if !self.access.may_write(&owner, &source) {
+                        Some(format!(
+                            "ctx.emit: the source `{source}` belongs to another user"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(message) = refusal {
+                        self.record::<()>(id, Err(ExprError::Thrown(message)));
                         continue;
                     }
-                    if !data.is_object() || crate::event::validate_source_name(&source).is_err() {
-                        continue;
-                    }
+                    emits += 1;
                     self.out.emitted.push((
                         owner.clone(),
                         Event {
@@ -1115,7 +1172,7 @@ impl Evaluator {
         let every = rule.spec.every.map_or(DEFAULT_EVERY_MS, |d| d.millis());
         self.sync_topics(&owner);
         self.apply_threshold(id, None, now);
-        self.ticks.insert((now + every, id));
+        self.ticks.insert((now.saturating_add(every), id));
     }
 
     /// Sets up a new or changed rule's clocks: ticks for `_topic` rules, expected keys.
@@ -1159,13 +1216,15 @@ impl Evaluator {
         let spec = &rule.spec;
         let ms = |d: Option<crate::rule::Duration>| d.map_or(0, |d| d.millis());
         let due = match self.states.get(&slot) {
-            Some(KeyState::Threshold { since }) => Some(since + ms(spec.for_)),
-            Some(KeyState::Count { events }) => events.front().map(|(t, _)| t + ms(spec.window)),
+            Some(KeyState::Threshold { since }) => Some(since.saturating_add(ms(spec.for_))),
+            Some(KeyState::Count { events }) => events
+                .front()
+                .map(|(t, _)| t.saturating_add(ms(spec.window))),
             Some(KeyState::Absence { last }) if !self.open.contains_key(&slot) => {
-                Some(last + ms(spec.expect_every))
+                Some(last.saturating_add(ms(spec.expect_every)))
             }
             Some(KeyState::Match { last }) if spec.resolve_after.is_some() => {
-                Some(last + ms(spec.resolve_after))
+                Some(last.saturating_add(ms(spec.resolve_after)))
             }
             _ => None,
         };
@@ -1383,7 +1442,8 @@ impl Evaluator {
         };
         rule.open = rule.open.saturating_sub(1);
         let alert = rule.alert(key);
-        let change = if open.status == Status::Pending {
+        // A pending alert that never fired leaves no trace, unless a person resolved it.
+        let change = if open.status == Status::Pending && reason != ResolveReason::Manual {
             Change::Discard { alert, at }
         } else {
             Change::Resolve { alert, at, reason }
@@ -1481,11 +1541,14 @@ fn filing(spec: &RuleSpec) -> Filing {
 /// Whether an event meets a threshold's scope. A field that is present but not a string is left
 /// to the JavaScript to judge (`==` may still equate it), so only a clear mismatch excludes.
 fn in_scope(scope: &[crate::index::Equality], data: &Value) -> bool {
-    scope.iter().all(|eq| match lookup(data, &eq.path) {
-        None | Some(Value::Null) => false,
-        Some(Value::String(s)) => *s == eq.value,
-        Some(_) => true,
-    })
+    use crate::index::Resolved;
+    scope
+        .iter()
+        .all(|eq| match crate::index::resolve(data, &eq.path) {
+            Resolved::Absent => false,
+            Resolved::Value(Value::String(s)) => *s == eq.value,
+            Resolved::Value(_) | Resolved::Unknown => true,
+        })
 }
 
 /// A JSON value as text for keys and labels: strings without quotes.
@@ -1730,5 +1793,166 @@ mod tests {
         ev.access.set_source("shared", "bob", true);
         ev.on_event(&event("shared", json!({})), 0, 0);
         assert_eq!(ev.drain().changes.len(), 1);
+    }
+
+    // Regressions found in review.
+    #[test]
+    fn a_multi_statement_condition_is_not_indexed_by_its_first_line() {
+        // The condition's value is its LAST statement (`event.env == 'prod'`), but the index
+        // files the rule under type == 'deploy' from the first line.
+        let mut ev = with(
+            &[
+                json!({"name": "indexed", "when": "event.type == 'deploy' && event.seen\nevent.env == 'prod'"}),
+                json!({"name": "unindexed", "when": "event.type == 'deploy' && event.seen\nevent.env == 'prod' || false"}),
+            ],
+            0,
+        );
+        ev.on_event(
+            &event("s", json!({"type": "other", "seen": true, "env": "prod"})),
+            0,
+            0,
+        );
+        let got = kinds(&ev.drain());
+        assert_eq!(
+            got,
+            vec![("open", "indexed".into()), ("open", "unindexed".into())]
+        );
+    }
+
+    #[test]
+    fn properties_json_lacks_such_as_length_are_not_filtered_out() {
+        let mut ev = with(
+            &[json!({"name": "two-tags", "when": "event.tags.length == '2'"})],
+            0,
+        );
+        ev.on_event(&event("s", json!({"tags": ["a", "b"]})), 0, 0);
+        assert_eq!(kinds(&ev.drain()), vec![("open", "two-tags".into())]);
+    }
+
+    #[test]
+    fn topic_data_of_private_sources_is_not_visible_to_others() {
+        let mut ev = Evaluator::new(Limits::default());
+        ev.access.set_source("bobs", "bob", false);
+        ev.on_event(&event("bobs", json!({"secret": "s3cr3t"})), 0, 0);
+        ev.upsert("ann", rule(json!({"name": "spy", "kind": "script",
+            "script": "function handle(event, ctx){ ctx.fire({key: 'x', summary: JSON.stringify(_topic)}); }"})), 0)
+            .expect("loads");
+        ev.drain();
+        ev.on_event(&event("anns", json!({})), 0, 1);
+        let out = ev.drain();
+        let leaked = out.changes.iter().any(
+            |c| matches!(c, Change::Open { content, .. } if content.summary.contains("s3cr3t")),
+        );
+        assert!(!leaked, "ann read bob's private source: {:?}", out.changes);
+    }
+
+    #[test]
+    fn a_removed_rules_state_is_reported_gone() {
+        let mut ev = with(
+            &[json!({"name": "hb", "kind": "absence", "expect_every": "1m", "group_by": ["host"]})],
+            0,
+        );
+        ev.on_event(&event("s", json!({"host": "a"})), 0, 0);
+        ev.drain();
+        assert_eq!(ev.take_dirty().len(), 1);
+        ev.remove("ann", "hb", 1);
+        let gone = ev.take_dirty();
+        assert!(
+            gone.iter()
+                .any(|u| u.rule == "hb" && u.key == "a" && u.state.is_none()),
+            "the store is never told to delete hb/a: {gone:?}"
+        );
+    }
+
+    #[test]
+    fn emit_fan_out_is_capped() {
+        let r = rule(json!({"name": "amp", "kind": "script", "source": "x",
+            "script": "function handle(event, ctx){ for (var i = 0; i < 4; i++) ctx.emit('x', {i: i}); }"}));
+        let out = dry_run(
+            Limits::default(),
+            "ann",
+            vec![r],
+            &[event("x", json!({}))],
+            0,
+            0,
+        )
+        .expect("runs");
+        assert!(
+            out.emitted.len() < 1000,
+            "one event became {} events",
+            out.emitted.len()
+        );
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow_timers() {
+        let err = crate::rule::parse_doc(json!({"name": "t", "kind": "threshold", "when": "event.v > 1", "for": "9223372036854775s"}))
+            .expect_err("refused");
+        assert!(err.message.contains("100 years"), "{err}");
+        let mut ev = with(
+            &[json!({"name": "t", "kind": "threshold", "when": "event.v > 1", "for": "36500d"})],
+            0,
+        );
+        ev.on_event(&event("s", json!({"v": 2})), 0, 1_795_600_800_000);
+        ev.drain();
+        ev.advance(1_795_600_800_001);
+        assert!(ev.drain().changes.is_empty(), "a century is a century");
+    }
+
+    #[test]
+    fn changing_a_rules_keys_resolves_alerts_no_event_could_close() {
+        let mut ev = with(
+            &[
+                json!({"name": "t", "kind": "threshold", "when": "event.v > 1", "group_by": ["host"]}),
+            ],
+            0,
+        );
+        ev.on_event(&event("s", json!({"host": "a", "v": 2})), 0, 0);
+        ev.drain();
+        ev.upsert("ann", rule(json!({"name": "t", "kind": "threshold", "when": "event.v > 5", "group_by": ["host"]})), 1)
+            .expect("same keys");
+        assert!(
+            ev.drain().changes.is_empty(),
+            "a new condition keeps the alert"
+        );
+        ev.upsert("ann", rule(json!({"name": "t", "kind": "threshold", "when": "event.v > 5", "group_by": ["dc"]})), 2)
+            .expect("new keys");
+        let out = ev.drain();
+        assert!(
+            matches!(
+                out.changes[..],
+                [Change::Resolve {
+                    reason: ResolveReason::RuleChanged,
+                    ..
+                }]
+            ),
+            "{:?}",
+            out.changes
+        );
+    }
+
+    #[test]
+    fn a_pending_alert_resolved_by_hand_is_kept_as_resolved() {
+        let mut ev = with(
+            &[json!({"name": "t", "kind": "threshold", "when": "event.v > 1", "for": "5m"})],
+            0,
+        );
+        ev.on_event(&event("s", json!({"v": 2})), 0, 0);
+        ev.drain();
+        let alert = AlertKey {
+            owner: "ann".into(),
+            rule: "t".into(),
+            key: "t".into(),
+        };
+        assert!(ev.resolve_by_hand(&alert, MIN));
+        assert!(matches!(
+            ev.drain().changes[..],
+            [Change::Resolve {
+                reason: ResolveReason::Manual,
+                ..
+            }]
+        ));
+        ev.advance(10 * MIN);
+        assert!(ev.drain().changes.is_empty(), "its `for` timer is gone");
     }
 }

@@ -11,8 +11,6 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::event::lookup;
-
 /// A rule's position in the evaluator's table.
 pub type RuleId = u32;
 
@@ -129,6 +127,11 @@ fn utf8_len(first: u8) -> usize {
 /// The string equalities on event fields that every event satisfying `src` must meet, if `src`
 /// is one expression that is a conjunction; `None` when nothing can be said.
 pub fn required_equalities(src: &str) -> Option<Vec<Equality>> {
+    // Lines may be separate statements (automatic semicolon insertion): the value is then the
+    // last one's, not the conjunction's.
+    if src.trim().contains('\n') {
+        return None;
+    }
     let tokens = tokenize(src)?;
     let mut conjuncts: Vec<&[Token]> = Vec::new();
     let mut depth = 0i32;
@@ -262,6 +265,35 @@ pub fn topic_references(src: &str) -> Vec<String> {
     out
 }
 
+/// What a field path reads to in JavaScript, as far as JSON can tell.
+pub enum Resolved<'a> {
+    /// `undefined` or `null`: cannot equal a string.
+    Absent,
+    Value(&'a Value),
+    /// Passes through a string, number, boolean or array, whose JavaScript properties (such as
+    /// `length`) JSON does not hold: anything is possible.
+    Unknown,
+}
+
+/// Reads `a.b.c` from an event the way JavaScript would, or says it cannot tell.
+pub fn resolve<'a>(data: &'a Value, path: &str) -> Resolved<'a> {
+    let mut current = data;
+    for part in path.split('.') {
+        current = match current {
+            Value::Object(map) => match map.get(part) {
+                Some(v) => v,
+                None => return Resolved::Absent,
+            },
+            Value::Null => return Resolved::Absent,
+            _ => return Resolved::Unknown,
+        };
+    }
+    match current {
+        Value::Null => Resolved::Absent,
+        v => Resolved::Value(v),
+    }
+}
+
 /// Where a rule is filed: under equalities (any one suffices to make it a candidate) or always.
 #[derive(Debug, Clone)]
 pub enum Filing {
@@ -295,16 +327,19 @@ impl Bucket {
     fn collect(&self, data: &Value, out: &mut Vec<RuleId>) {
         out.extend_from_slice(&self.always);
         for (path, by_value) in &self.by_field {
-            match lookup(data, path) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) => {
+            match resolve(data, path) {
+                Resolved::Absent => {}
+                Resolved::Value(Value::String(s)) => {
                     if let Some(ids) = by_value.get(s) {
                         out.extend_from_slice(ids);
                     }
                 }
                 // JavaScript's `==` may still equate a number, boolean or array with the
-                // string; such events are rare, so they meet every rule filed on the field.
-                Some(_) => by_value.values().for_each(|ids| out.extend_from_slice(ids)),
+                // string, and a path through a string or array may read a property JSON lacks
+                // (`length`); such events meet every rule filed on the field.
+                Resolved::Value(_) | Resolved::Unknown => {
+                    by_value.values().for_each(|ids| out.extend_from_slice(ids))
+                }
             }
         }
     }

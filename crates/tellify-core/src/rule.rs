@@ -26,11 +26,13 @@ impl Duration {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        const MAX: u128 = 100 * 365 * 24 * 3600 * 1000;
         let d = humantime::parse_duration(s.trim())
             .map_err(|e| format!("`{s}` is not a duration like 30s, 5m or 1h: {e}"))?;
-        i64::try_from(d.as_millis())
-            .map(Duration)
-            .map_err(|_| format!("`{s}` is too long"))
+        if d.as_millis() > MAX {
+            return Err(format!("`{s}` is longer than 100 years"));
+        }
+        Ok(Duration(d.as_millis() as i64))
     }
 }
 

@@ -264,15 +264,7 @@ impl Engine {
                 ..Default::default()
             });
         }
-        let mut replayed = 0;
-        loop {
-            let events = self.block_on(store.events_after(self.checkpoint, REPLAY_CHUNK))?;
-            if events.is_empty() {
-                break;
-            }
-            replayed += events.len();
-            self.evaluate(events);
-        }
+        let replayed = self.catch_up();
         info!(
             message = "Engine restored.",
             rules = rules.len(),
@@ -384,9 +376,12 @@ impl Engine {
         // Only an instance needs the templates; reading every rule for each save would make
         // loading many rules quadratic.
         let rules = match &doc {
-            RuleDoc::Instance(_) => self
-                .block_on(self.parts.store.list_rules(None))
-                .map_err(|e| RuleError::new(None, format!("cannot read rules: {e:#}")))?,
+            RuleDoc::Instance(_) => self.block_on(self.parts.store.list_rules(None)).map_err(
+                |e| {
+                    error!(message = "Failed to read the templates.", error = %format!("{e:#}"));
+                    RuleError::new(None, "the rule could not be saved; try again")
+                },
+            )?,
             _ => Vec::new(),
         };
         let templates = template_table(&rules, &self.evaluator.access);
@@ -413,35 +408,81 @@ impl Engine {
         Ok(())
     }
 
-    /// Evaluates stored events in order, committing once per batch (and again for events the
-    /// batch's scripts emitted).
-    fn evaluate(&mut self, mut events: Vec<StoredEvent>) {
-        while !events.is_empty() {
-            let last = events.last().map(|e| e.seq);
-            let count = events.len() as u64;
-            let _span = tracing::debug_span!(
-                "evaluate",
-                first_seq = events.first().map(|e| e.seq),
-                last_seq = last,
-                events = count
-            )
-            .entered();
-            for stored in &events {
-                if stored.seq <= self.checkpoint {
-                    continue;
-                }
-                let e = &stored.event;
-                let event = Event {
-                    source: e.source.clone(),
-                    time: e.time,
-                    data: e.data.clone(),
-                };
-                self.evaluator.on_event(&event, e.hops, e.received);
+    /// Evaluates events strictly in the log's order. A batch from the channel is the fast path
+    /// when it continues exactly after the checkpoint; when it does not (a script's emitted
+    /// events took seqs in between) or when a commit emitted events, the engine reads the log
+    /// from the store instead, so no event is skipped or evaluated twice.
+    fn evaluate(&mut self, events: Vec<StoredEvent>) {
+        let mut pending: Vec<StoredEvent> = events
+            .into_iter()
+            .filter(|e| e.seq > self.checkpoint)
+            .collect();
+        pending.sort_by_key(|e| e.seq);
+        while !pending.is_empty() {
+            let next = self.checkpoint + 1;
+            let contiguous = pending
+                .iter()
+                .enumerate()
+                .take_while(|(i, e)| e.seq == next + *i as i64)
+                .count();
+            let emitted = if contiguous == 0 {
+                self.catch_up();
+                false
+            } else {
+                let rest = pending.split_off(contiguous);
+                self.evaluate_chunk(std::mem::replace(&mut pending, rest))
+            };
+            if emitted {
+                self.catch_up();
             }
-            let committed = self.commit_pending(last, Vec::new());
-            self.parts.metrics.events_evaluated.inc_by(count);
-            events = committed.emitted;
+            pending.retain(|e| e.seq > self.checkpoint);
         }
+    }
+
+    /// Evaluates everything in the log after the checkpoint. Returns how many events.
+    fn catch_up(&mut self) -> usize {
+        let mut total = 0;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.block_on(self.parts.store.events_after(self.checkpoint, REPLAY_CHUNK)) {
+                Ok(events) if events.is_empty() => return total,
+                Ok(events) => {
+                    total += events.len();
+                    self.evaluate_chunk(events);
+                }
+                Err(e) => {
+                    error!(message = "Failed to read the event log; retrying.", error = %format!("{e:#}"));
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Evaluates events that follow the checkpoint in order and commits them as one batch.
+    /// Returns whether the batch's scripts emitted events (now in the log, after it).
+    fn evaluate_chunk(&mut self, events: Vec<StoredEvent>) -> bool {
+        let last = events.last().map(|e| e.seq);
+        let count = events.len() as u64;
+        let _span = tracing::debug_span!(
+            "evaluate",
+            first_seq = events.first().map(|e| e.seq),
+            last_seq = last,
+            events = count
+        )
+        .entered();
+        for stored in &events {
+            let e = &stored.event;
+            let event = Event {
+                source: e.source.clone(),
+                time: e.time,
+                data: e.data.clone(),
+            };
+            self.evaluator.on_event(&event, e.hops, e.received);
+        }
+        let committed = self.commit_pending(last, Vec::new());
+        self.parts.metrics.events_evaluated.inc_by(count);
+        committed.emitted
     }
 
     /// Commits what the evaluator decided, with the checkpoint and rule writes given.

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod engine;
 pub mod metrics;

@@ -2,8 +2,7 @@
 
 use std::convert::Infallible;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
@@ -12,6 +11,7 @@ use tellify_core::alert::AlertKey;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::extract::{Json, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::store::{Alert, AlertFilter, HistoryFilter, StatField};
 

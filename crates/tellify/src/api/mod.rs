@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod error;
+pub mod extract;
 pub mod openapi;
 pub mod rules;
 pub mod system;

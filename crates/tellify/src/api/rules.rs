@@ -3,9 +3,8 @@
 //! A rule is shown as its document plus read-only fields (`owner`, `origin`, `status`,
 //! `error`, `updated_at`); a PUT ignores those, so what a GET shows can be edited and sent back.
 
-use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -13,6 +12,7 @@ use tellify_core::eval::dry_run;
 use tellify_core::event::{self, Event};
 use tellify_core::rule::{self, RuleDoc, RuleSpec};
 
+use super::extract::{Json, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::engine::resolve_doc;
 use crate::store::StoredRule;

@@ -1,12 +1,12 @@
 //! Topics and sources, Tellify's own health, the audit log, and the test clock.
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::extract::{Json, Path};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::metrics::SeverityLabel;
 

@@ -1,11 +1,11 @@
 //! `/api/v1/users`, `/api/v1/me` and `/api/v1/tokens`: accounts and their API tokens.
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{Json, Path};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::auth::{hash_token, new_token};
 use crate::store::User;
@@ -144,9 +144,15 @@ pub struct NewToken {
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    body: Option<Json<NewToken>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let body = body.map(|b| b.0).unwrap_or_default();
+    // The body is optional: none creates a token for the caller.
+    let body: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
+        NewToken::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("bad_request", format!("invalid body: {e}")))?
+    };
     let user = caller.acting_for(body.user.as_deref())?;
     if state.store.get_user(&user).await?.is_none() {
         return Err(ApiError::not_found("user"));

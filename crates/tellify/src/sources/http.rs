@@ -3,14 +3,14 @@
 //! A request is all or nothing: every event is parsed and checked before any is stored, and
 //! `202` is answered only after the ingest writer has committed them.
 
-use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tellify_core::event::{self, Format};
 
+use crate::api::extract::{Json, Query};
 use crate::api::{ApiError, ApiResult, AppState, Caller};
 use crate::metrics::ReasonLabel;
 use crate::store::NewEvent;

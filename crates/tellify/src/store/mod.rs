@@ -229,11 +229,12 @@ pub enum RuleWrite {
     },
 }
 
-/// What a commit changed: the alerts after it, for the live stream, and the stored emitted events.
+/// What a commit changed: the alerts after it (for the live stream), and whether it stored
+/// events emitted by scripts (which the engine then reads from the log).
 #[derive(Debug, Default)]
 pub struct Committed {
     pub alerts: Vec<Alert>,
-    pub emitted: Vec<StoredEvent>,
+    pub emitted: bool,
 }
 
 /// An audit log entry.

@@ -633,6 +633,12 @@ impl Store for SqliteStore {
                         .bind(name)
                         .execute(&mut *tx)
                         .await?;
+                    // A new rule of the same name must not inherit the old one's memory.
+                    sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ?")
+                        .bind(owner)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }
@@ -697,10 +703,11 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut emitted_seqs = Vec::new();
+        let mut emitted = false;
         for batch in &commit.emitted {
-            emitted_seqs.extend(insert_events(&mut tx, &batch.events).await?);
+            insert_events(&mut tx, &batch.events).await?;
             update_sources(&mut tx, &batch.owner, &batch.events).await?;
+            emitted = true;
         }
         if let Some(checkpoint) = commit.checkpoint {
             sqlx::query("UPDATE engine SET checkpoint = MAX(checkpoint, ?) WHERE id = 1")
@@ -708,20 +715,21 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        // Read the changed alerts inside the transaction: after the commit, a failed read would
+        // make the engine retry a batch that is already applied.
         touched.sort();
         touched.dedup();
         let mut alerts = Vec::with_capacity(touched.len());
         for id in touched {
-            if let Some(a) = self.get_alert(&id).await? {
-                alerts.push(a);
+            if let Some(row) = sqlx::query("SELECT * FROM alerts WHERE id = ?")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                alerts.push(alert_row(&row));
             }
         }
-        let emitted = emitted_seqs
-            .into_iter()
-            .zip(commit.emitted.into_iter().flat_map(|b| b.events))
-            .map(|(seq, event)| StoredEvent { seq, event })
-            .collect();
+        tx.commit().await?;
         Ok(Committed { alerts, emitted })
     }
 

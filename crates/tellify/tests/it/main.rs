@@ -10,3 +10,4 @@ mod failures;
 mod hostile;
 mod ingest;
 mod isolation;
+mod regressions;
