@@ -93,9 +93,11 @@ impl FromStr for Status {
     }
 }
 
-/// The identity of an open alert before the store gives it an id.
+/// An alert's identity: its id, and the (owner, rule, key) it is the one open alert for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct AlertKey {
+    /// Given by the evaluator's id generator when the alert opens.
+    pub id: String,
     pub owner: String,
     pub rule: String,
     pub key: String,
@@ -172,6 +174,8 @@ pub enum Change {
         event_time: i64,
         value: Option<f64>,
     },
+    /// Still firing and not acknowledged after the rule's `repeat_every`: notify again.
+    Repeat { alert: AlertKey, at: i64 },
     /// The alert is over.
     Resolve {
         alert: AlertKey,
@@ -188,6 +192,7 @@ impl Change {
             Change::Open { alert, .. }
             | Change::Fire { alert, .. }
             | Change::Fold { alert, .. }
+            | Change::Repeat { alert, .. }
             | Change::Resolve { alert, .. }
             | Change::Discard { alert, .. } => alert,
         }

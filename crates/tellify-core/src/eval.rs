@@ -187,8 +187,9 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn alert(&self, key: &str) -> AlertKey {
+    fn alert(&self, id: &str, key: &str) -> AlertKey {
         AlertKey {
+            id: id.to_owned(),
             owner: self.owner.clone(),
             rule: self.spec.name.clone(),
             key: key.to_owned(),
@@ -203,9 +204,13 @@ struct OwnerBox {
     topic_rules: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Open {
     status: Status,
+    id: String,
+    acked: bool,
+    /// When the next `repeat_every` notification is due.
+    repeat_at: Option<i64>,
 }
 
 /// Applies rules to events and time. See the module documentation.
@@ -222,6 +227,10 @@ pub struct Evaluator {
     deadlines: HashMap<(RuleId, String), i64>,
     /// Threshold rules on `_topic` alone, by next check time.
     ticks: BTreeSet<(i64, RuleId)>,
+    /// Firing, unacknowledged alerts of rules with `repeat_every`, by next repeat.
+    repeats: BTreeSet<(i64, RuleId, String)>,
+    /// Gives each new alert its id.
+    ids: Box<dyn FnMut() -> String>,
     topics: HashMap<String, Value>,
     pub access: Access,
     dirty: HashSet<(RuleId, String)>,
@@ -232,8 +241,23 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
+    /// An evaluator whose alerts are numbered `a1`, `a2`, … (dry runs and tests).
     pub fn new(limits: Limits) -> Self {
+        let mut n = 0u64;
+        Self::with_ids(
+            limits,
+            Box::new(move || {
+                n += 1;
+                format!("a{n}")
+            }),
+        )
+    }
+
+    /// An evaluator whose new alerts take their ids from `ids`.
+    pub fn with_ids(limits: Limits, ids: Box<dyn FnMut() -> String>) -> Self {
         Self {
+            repeats: BTreeSet::new(),
+            ids,
             limits,
             boxes: HashMap::new(),
             rules: Vec::new(),
@@ -509,19 +533,76 @@ impl Evaluator {
     }
 
     /// Takes back an alert that was open before a restart. Call after the rule is loaded.
-    pub fn restore_open(&mut self, alert: &AlertKey, status: Status) {
+    ///
+    /// A repeat that fell due while the server was down is sent at `now`.
+    pub fn restore_open(
+        &mut self,
+        alert: &AlertKey,
+        status: Status,
+        fired_at: Option<i64>,
+        acked: bool,
+        now: i64,
+    ) {
         let Some(&id) = self.by_name.get(&(alert.owner.clone(), alert.rule.clone())) else {
             return;
         };
-        if status != Status::Resolved
-            && self
-                .open
-                .insert((id, alert.key.clone()), Open { status })
-                .is_none()
+        if status == Status::Resolved {
+            return;
+        }
+        let open = Open {
+            status,
+            id: alert.id.clone(),
+            acked,
+            repeat_at: None,
+        };
+        if self.open.insert((id, alert.key.clone()), open).is_none()
             && let Some(r) = self.rules[id as usize].as_mut()
         {
             r.open += 1;
         }
+        if let Some(fired_at) = fired_at {
+            self.schedule_repeat(id, &alert.key, fired_at, now);
+        }
+    }
+
+    /// A person acknowledged an alert: no more repeats.
+    pub fn acknowledge(&mut self, alert: &AlertKey) {
+        let Some(&id) = self.by_name.get(&(alert.owner.clone(), alert.rule.clone())) else {
+            return;
+        };
+        let slot = (id, alert.key.clone());
+        if let Some(open) = self.open.get_mut(&slot) {
+            open.acked = true;
+            if let Some(due) = open.repeat_at.take() {
+                self.repeats.remove(&(due, id, alert.key.clone()));
+            }
+        }
+    }
+
+    /// Sets the next repeat of a firing alert from when it fired: the first multiple of
+    /// `repeat_every` after it that is still ahead, or `now` if one was missed.
+    fn schedule_repeat(&mut self, id: RuleId, key: &str, fired_at: i64, now: i64) {
+        let Some(every) = self.rules[id as usize]
+            .as_ref()
+            .and_then(|r| r.spec.repeat_every)
+            .map(|d| d.millis())
+        else {
+            return;
+        };
+        let slot = (id, key.to_owned());
+        let Some(open) = self.open.get_mut(&slot) else {
+            return;
+        };
+        if open.acked || open.status != Status::Firing {
+            return;
+        }
+        if let Some(old) = open.repeat_at.take() {
+            self.repeats.remove(&(old, id, key.to_owned()));
+        }
+        let first = fired_at.saturating_add(every);
+        let due = if first > now { first } else { now };
+        open.repeat_at = Some(due);
+        self.repeats.insert((due, id, key.to_owned()));
     }
 
     /// Whether the evaluator holds `alert` open (pending or firing).
@@ -557,7 +638,8 @@ impl Evaluator {
     pub fn next_deadline(&self) -> Option<i64> {
         let timer = self.timers.first().map(|(t, _, _)| *t);
         let tick = self.ticks.first().map(|(t, _)| *t);
-        timer.into_iter().chain(tick).min()
+        let repeat = self.repeats.first().map(|(t, _, _)| *t);
+        timer.into_iter().chain(tick).chain(repeat).min()
     }
 
     /// Takes the decisions made so far.
@@ -616,6 +698,28 @@ impl Evaluator {
             self.timers.pop_first();
             self.deadlines.remove(&(id, key.clone()));
             self.on_timer(id, &key, due.max(0), now);
+        }
+        while let Some((due, id, key)) = self.repeats.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.repeats.pop_first();
+            let every = self.rules[id as usize]
+                .as_ref()
+                .and_then(|r| r.spec.repeat_every)
+                .map_or(0, |d| d.millis());
+            let slot = (id, key.clone());
+            if let Some(open) = self.open.get_mut(&slot) {
+                open.repeat_at = None;
+                if open.status == Status::Firing && !open.acked && every > 0 {
+                    let next = due.saturating_add(every);
+                    open.repeat_at = Some(next);
+                    self.repeats.insert((next, id, key.clone()));
+                    if let Some(alert) = self.open_alert(id, &key) {
+                        self.out.changes.push(Change::Repeat { alert, at: due });
+                    }
+                }
+            }
         }
         while let Some((due, id)) = self.ticks.first().copied() {
             if due > now {
@@ -871,7 +975,7 @@ impl Evaluator {
             .as_ref()
             .expect("applied rules exist");
         let hold_for = rule.spec.for_.map_or(0, |d| d.millis());
-        let open = self.open.get(&(id, key.clone())).copied();
+        let open = self.open.get(&(id, key.clone())).map(|o| o.status);
         match (holds, open) {
             (true, Some(_)) => self.fold(id, &key, ev, at),
             (true, None) => {
@@ -886,12 +990,7 @@ impl Evaluator {
                     self.schedule(id, &key, at);
                 }
             }
-            (
-                false,
-                Some(Open {
-                    status: Status::Pending,
-                }),
-            ) => {
+            (false, Some(Status::Pending)) => {
                 self.discard(id, &key, at);
                 self.set_state(id, &key, None);
             }
@@ -1039,13 +1138,10 @@ impl Evaluator {
                                 .map(|r| r.spec.name.clone())
                                 .unwrap_or_default()
                         });
-                    if self.open.contains_key(&(id, key.clone())) {
+                    if let Some(alert) = self.open_alert(id, &key) {
                         let value = spec.get("value").and_then(as_number);
                         self.out.changes.push(Change::Fold {
-                            alert: self.rules[id as usize]
-                                .as_ref()
-                                .expect("exists")
-                                .alert(&key),
+                            alert,
                             at,
                             event_time: event.time,
                             value,
@@ -1127,18 +1223,14 @@ impl Evaluator {
         let slot = (id, key.to_owned());
         match (kind, self.states.get(&slot).cloned()) {
             (RuleKind::Threshold, Some(KeyState::Threshold { .. })) => {
-                if let Some(Open {
-                    status: Status::Pending,
-                }) = self.open.get(&slot)
+                if let Some(open) = self.open.get_mut(&slot)
+                    && open.status == Status::Pending
                 {
-                    self.open.insert(
-                        slot.clone(),
-                        Open {
-                            status: Status::Firing,
-                        },
-                    );
-                    let alert = self.rules[id as usize].as_ref().expect("exists").alert(key);
-                    self.out.changes.push(Change::Fire { alert, at: due });
+                    open.status = Status::Firing;
+                    if let Some(alert) = self.open_alert(id, key) {
+                        self.out.changes.push(Change::Fire { alert, at: due });
+                    }
+                    self.schedule_repeat(id, key, due, due);
                 }
                 self.set_state(id, key, None);
             }
@@ -1405,12 +1497,22 @@ impl Evaluator {
         at: i64,
         event_time: i64,
     ) {
+        let alert_id = (self.ids)();
         let Some(rule) = self.rules[id as usize].as_mut() else {
             return;
         };
         rule.open += 1;
-        let alert = rule.alert(key);
-        self.open.insert((id, key.to_owned()), Open { status });
+        let alert = rule.alert(&alert_id, key);
+        let open = Open {
+            status,
+            id: alert_id,
+            acked: false,
+            repeat_at: None,
+        };
+        self.open.insert((id, key.to_owned()), open);
+        if status == Status::Firing {
+            self.schedule_repeat(id, key, at, at);
+        }
         self.out.changes.push(Change::Open {
             alert,
             status,
@@ -1422,11 +1524,11 @@ impl Evaluator {
 
     fn fold(&mut self, id: RuleId, key: &str, ev: Option<(&Event, ValId)>, at: i64) {
         let value = self.call_value(id, ev, at);
-        let Some(rule) = self.rules[id as usize].as_ref() else {
+        let Some(alert) = self.open_alert(id, key) else {
             return;
         };
         self.out.changes.push(Change::Fold {
-            alert: rule.alert(key),
+            alert,
             at,
             event_time: ev.map_or(at, |(e, _)| e.time),
             value,
@@ -1437,11 +1539,14 @@ impl Evaluator {
         let Some(open) = self.open.remove(&(id, key.to_owned())) else {
             return;
         };
+        if let Some(due) = open.repeat_at {
+            self.repeats.remove(&(due, id, key.to_owned()));
+        }
         let Some(rule) = self.rules[id as usize].as_mut() else {
             return;
         };
         rule.open = rule.open.saturating_sub(1);
-        let alert = rule.alert(key);
+        let alert = rule.alert(&open.id, key);
         // A pending alert that never fired leaves no trace, unless a person resolved it.
         let change = if open.status == Status::Pending && reason != ResolveReason::Manual {
             Change::Discard { alert, at }
@@ -1449,6 +1554,12 @@ impl Evaluator {
             Change::Resolve { alert, at, reason }
         };
         self.out.changes.push(change);
+    }
+
+    /// The identity of the open alert of (rule, key).
+    fn open_alert(&self, id: RuleId, key: &str) -> Option<AlertKey> {
+        let open = self.open.get(&(id, key.to_owned()))?;
+        Some(self.rules[id as usize].as_ref()?.alert(&open.id, key))
     }
 
     fn discard(&mut self, id: RuleId, key: &str, at: i64) {
@@ -1620,6 +1731,7 @@ mod tests {
                     Change::Open { .. } => "open",
                     Change::Fire { .. } => "fire",
                     Change::Fold { .. } => "fold",
+                    Change::Repeat { .. } => "repeat",
                     Change::Resolve { .. } => "resolve",
                     Change::Discard { .. } => "discard",
                 };
@@ -1748,11 +1860,15 @@ mod tests {
         let mut restarted = with(&[doc], 2 * MIN);
         restarted.restore_open(
             &AlertKey {
+                id: "a1".into(),
                 owner: "ann".into(),
                 rule: "t".into(),
                 key: "t".into(),
             },
             Status::Pending,
+            None,
+            false,
+            2 * MIN,
         );
         for s in saved {
             restarted.restore_state(
@@ -1940,6 +2056,7 @@ mod tests {
         ev.on_event(&event("s", json!({"v": 2})), 0, 0);
         ev.drain();
         let alert = AlertKey {
+            id: "a1".into(),
             owner: "ann".into(),
             rule: "t".into(),
             key: "t".into(),
@@ -1954,5 +2071,43 @@ mod tests {
         ));
         ev.advance(10 * MIN);
         assert!(ev.drain().changes.is_empty(), "its `for` timer is gone");
+    }
+
+    #[test]
+    fn repeats_while_firing_until_acknowledged_and_after_restart() {
+        let doc = json!({"name": "r", "when": "true", "repeat_every": "10m"});
+        let mut ev = with(std::slice::from_ref(&doc), 0);
+        ev.on_event(&event("s", json!({})), 0, 0);
+        ev.drain();
+        ev.advance(25 * MIN);
+        let out = ev.drain();
+        let at: Vec<i64> = out
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Repeat { at, .. } => Some(*at),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(at, vec![10 * MIN, 20 * MIN]);
+        // After a restart at 35 min the missed 30-min repeat goes at once, then every 10.
+        let mut restarted = with(&[doc], 35 * MIN);
+        let alert = AlertKey {
+            id: "a1".into(),
+            owner: "ann".into(),
+            rule: "r".into(),
+            key: "r".into(),
+        };
+        restarted.restore_open(&alert, Status::Firing, Some(0), false, 35 * MIN);
+        restarted.advance(35 * MIN);
+        assert!(
+            matches!(restarted.drain().changes[..], [Change::Repeat { at, .. }] if at == 35 * MIN)
+        );
+        restarted.acknowledge(&alert);
+        restarted.advance(60 * MIN);
+        assert!(
+            restarted.drain().changes.is_empty(),
+            "no repeats once acknowledged"
+        );
     }
 }

@@ -20,7 +20,7 @@ use crate::engine::{self, Command, EngineParts};
 use crate::metrics::Metrics;
 use crate::sources::Ingest;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, User};
+use crate::store::{Outbox, Store, User};
 
 /// The name of the user created on first start.
 pub const ADMIN: &str = "admin";
@@ -48,19 +48,17 @@ impl Running {
     }
 }
 
-/// Opens the store the settings name.
-pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
+/// Opens the store the settings name: the same database behind both traits.
+pub async fn open_store(args: &ServeArgs) -> Result<(Arc<dyn Store>, Arc<dyn Outbox>)> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "Failed to create the data directory {}",
             args.data_dir.display()
         )
     })?;
-    match args.database_url.as_deref() {
-        None => Ok(Arc::new(
-            SqliteStore::open(&args.data_dir.join("tellify.db")).await?,
-        )),
-        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(url).await?)),
+    let store = match args.database_url.as_deref() {
+        None => Arc::new(SqliteStore::open(&args.data_dir.join("tellify.db")).await?),
+        Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::open_url(url).await?),
         Some(url) if url.starts_with("postgres") => {
             anyhow::bail!("PostgreSQL is not supported by this version yet; use sqlite://PATH")
         }
@@ -68,7 +66,8 @@ pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
             "unknown database URL scheme in `{}`",
             url.split(':').next().unwrap_or("")
         ),
-    }
+    };
+    Ok((store.clone(), store))
 }
 
 /// The server's secret key (for encrypting channel secrets), created on first start.
@@ -146,7 +145,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         events: parse_duration("--event-retention", &args.event_retention)?,
         alerts: parse_duration("--history-retention", &args.history_retention)?,
     };
-    let store = open_store(&args).await?;
+    let (store, outbox) = open_store(&args).await?;
     ensure_secret_key(&args.data_dir)?;
     bootstrap_admin(store.as_ref(), clock.now()).await?;
     let metrics = Arc::new(Metrics::new());
@@ -157,6 +156,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         ..Limits::default()
     };
     let owners = crate::sources::Owners::load(store.as_ref()).await?;
+    let wake = Arc::new(tokio::sync::Notify::new());
     let (engine, engine_thread) = engine::start(EngineParts {
         store: store.clone(),
         clock: clock.clone(),
@@ -164,6 +164,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         alerts: alerts.clone(),
         limits,
         owners: owners.clone(),
+        outbox: outbox.clone(),
+        wake: wake.clone(),
     })
     .await?;
     let ingest = Ingest::start(store.clone(), engine.clone(), metrics.clone(), owners);

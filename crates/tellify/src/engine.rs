@@ -14,19 +14,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tellify_core::alert::{AlertKey, Change, Status};
+use tellify_core::alert::{AlertKey, Change, ResolveReason, Status};
 use tellify_core::eval::Evaluator;
 use tellify_core::event::Event;
 use tellify_core::expr::Limits;
 use tellify_core::rule::{self, RuleDoc, RuleError, RuleSpec};
+use tellify_core::subscription::Trigger;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
+use crate::dispatch::{Dispatcher, Transition};
 use crate::metrics::{Metrics, RuleLabel, RuleSourceLabel};
 use crate::sources::Owners;
 use crate::store::{
-    Alert, Committed, EngineCommit, EventBatch, NewEvent, RuleWrite, Store, StoredEvent, StoredRule,
+    Ack, Alert, EngineCommit, EventBatch, NewEvent, Outbox, RuleWrite, Store, StoredEvent,
+    StoredRule,
 };
 
 /// Events read per replay step at start.
@@ -58,6 +61,14 @@ pub enum Command {
         alert: AlertKey,
         reply: oneshot::Sender<bool>,
     },
+    /// A person acknowledges an alert; answers the alert after, or `None` if it is not open.
+    Ack {
+        alert: AlertKey,
+        by: String,
+        reply: oneshot::Sender<Option<Alert>>,
+    },
+    /// Channels, subscriptions, silences or users changed: the dispatcher reloads them.
+    NotifySettingsChanged(oneshot::Sender<()>),
     SetAdmin {
         user: String,
         admin: bool,
@@ -103,6 +114,23 @@ impl EngineHandle {
         rx.await.unwrap_or(false)
     }
 
+    pub async fn ack(&self, alert: AlertKey, by: &str) -> Option<Alert> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Ack {
+            alert,
+            by: by.to_owned(),
+            reply,
+        });
+        rx.await.ok().flatten()
+    }
+
+    /// Reloads notification settings; returns once the dispatcher has them.
+    pub async fn notify_settings_changed(&self) {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::NotifySettingsChanged(reply));
+        let _ = rx.await;
+    }
+
     pub async fn resolve(&self, alert: AlertKey) -> bool {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Resolve { alert, reply });
@@ -119,6 +147,9 @@ pub struct EngineParts {
     pub limits: Limits,
     /// Who owns each source, shared with ingest.
     pub owners: Owners,
+    pub outbox: Arc<dyn Outbox>,
+    /// Wakes the delivery worker when a commit planned deliveries.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Starts the engine thread; it has restored its state and replayed the log when this returns.
@@ -130,10 +161,15 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
         .name("tellify-engine".into())
         .spawn(move || {
             let mut engine = Engine {
-                evaluator: Evaluator::new(parts.limits),
+                evaluator: Evaluator::with_ids(
+                    parts.limits,
+                    Box::new(|| uuid::Uuid::now_v7().to_string()),
+                ),
+                dispatch: Dispatcher::new(parts.limits),
                 parts,
                 runtime,
                 checkpoint: 0,
+                silences_checked: 0,
             };
             match engine.restore() {
                 Ok(()) => {
@@ -154,9 +190,12 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
 
 struct Engine {
     evaluator: Evaluator,
+    dispatch: Dispatcher,
     parts: EngineParts,
     runtime: tokio::runtime::Handle,
     checkpoint: i64,
+    /// Silences that ended up to this time have released their alerts.
+    silences_checked: i64,
 }
 
 /// Turns a stored rule document into the rule to evaluate: instances are made from their
@@ -246,13 +285,27 @@ impl Engine {
             let status = alert.status.parse().unwrap_or(Status::Firing);
             self.evaluator.restore_open(
                 &AlertKey {
+                    id: alert.id.clone(),
                     owner: alert.owner.clone(),
                     rule: alert.rule.clone(),
                     key: alert.key.clone(),
                 },
                 status,
+                alert.fired_at,
+                alert.acked_at.is_some(),
+                now,
             );
         }
+        let outbox = self.parts.outbox.clone();
+        self.runtime
+            .block_on(self.dispatch.reload(store.as_ref(), outbox.as_ref()))?;
+        for stored in &rules {
+            if let Ok(RuleDoc::Rule(spec)) = rule::parse_doc(stored.doc.clone()) {
+                self.dispatch
+                    .set_rule_notify(&stored.owner, &stored.name, &spec.notify);
+            }
+        }
+        self.silences_checked = now;
         for (owner, rule, key, state) in &snapshot.states {
             self.evaluator.restore_state(owner, rule, key, state, now);
         }
@@ -346,7 +399,14 @@ impl Engine {
                     .is_some();
                 if existed {
                     self.evaluator.remove(&owner, &name, now);
-                    self.commit_pending(None, vec![RuleWrite::Delete { owner, name }]);
+                    self.commit_pending(
+                        None,
+                        vec![RuleWrite::Delete {
+                            owner: owner.clone(),
+                            name: name.clone(),
+                        }],
+                    );
+                    self.dispatch.set_rule_notify(&owner, &name, &[]);
                 }
                 let _ = reply.send(existed);
             }
@@ -356,6 +416,33 @@ impl Engine {
                 let _ = reply.send(done);
             }
             Command::SetAdmin { user, admin } => self.evaluator.access.set_admin(&user, admin),
+            Command::Ack { alert, by, reply } => {
+                if !self.evaluator.is_open(&alert) {
+                    let _ = reply.send(None);
+                    return;
+                }
+                self.evaluator.acknowledge(&alert);
+                let committed = self.commit_with(
+                    None,
+                    Vec::new(),
+                    vec![Ack {
+                        alert: alert.clone(),
+                        by,
+                        at: now,
+                    }],
+                );
+                let _ = reply.send(committed.alerts.into_iter().find(|a| a.id == alert.id));
+            }
+            Command::NotifySettingsChanged(reply) => {
+                let (store, outbox) = (self.parts.store.clone(), self.parts.outbox.clone());
+                if let Err(e) = self
+                    .runtime
+                    .block_on(self.dispatch.reload(store.as_ref(), outbox.as_ref()))
+                {
+                    error!(message = "Failed to reload notification settings.", error = %format!("{e:#}"));
+                }
+                let _ = reply.send(());
+            }
             Command::Tick => self.evaluator.advance(now),
             Command::Barrier(reply) => {
                 self.evaluator.advance(now);
@@ -390,10 +477,15 @@ impl Engine {
         match spec {
             Some(spec) => {
                 check_topic_access(&self.evaluator, owner, &spec)?;
+                // Set before the commit: disabling a rule notifies its `notify:` channels.
+                self.dispatch.set_rule_notify(owner, &name, &spec.notify);
                 self.evaluator.upsert(owner, spec, now)?;
             }
             // A rule may be replaced by a template of the same name: the rule goes.
-            None => self.evaluator.remove(owner, &name, now),
+            None => {
+                self.evaluator.remove(owner, &name, now);
+                self.dispatch.set_rule_notify(owner, &name, &[]);
+            }
         }
         self.commit_pending(
             None,
@@ -487,9 +579,19 @@ impl Engine {
 
     /// Commits what the evaluator decided, with the checkpoint and rule writes given.
     fn commit_pending(&mut self, checkpoint: Option<i64>, rules: Vec<RuleWrite>) -> Committed {
+        self.commit_with(checkpoint, rules, Vec::new())
+    }
+
+    /// Commits what the evaluator decided, with the checkpoint, rule writes and acks given.
+    fn commit_with(
+        &mut self,
+        checkpoint: Option<i64>,
+        rules: Vec<RuleWrite>,
+        acks: Vec<Ack>,
+    ) -> Committed {
         let outcome = self.evaluator.drain();
         let states = self.evaluator.take_dirty();
-        let metrics = &self.parts.metrics;
+        let metrics = self.parts.metrics.clone();
         metrics.rule_evaluations.inc_by(outcome.evaluations);
         for failure in &outcome.failures {
             metrics
@@ -527,6 +629,7 @@ impl Engine {
             && outcome.status.is_empty()
             && emitted.is_empty()
             && rules.is_empty()
+            && acks.is_empty()
             && checkpoint.is_none_or(|c| c <= self.checkpoint)
         {
             return Committed::default();
@@ -559,6 +662,7 @@ impl Engine {
             rule_status: outcome.status,
             emitted,
             rules,
+            acks,
         });
         if let Some(c) = checkpoint {
             self.checkpoint = self.checkpoint.max(c);
@@ -578,11 +682,12 @@ impl Engine {
     }
 
     /// Commits, retrying while the database refuses (locked, full, gone): the engine must not
-    /// move past a batch it could not record.
-    fn commit(&self, commit: EngineCommit) -> Committed {
+    /// move past a batch it could not record. The deliveries the batch causes are planned
+    /// between applying it and committing, and written in the same transaction.
+    fn commit(&mut self, commit: EngineCommit) -> Committed {
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.block_on(self.parts.store.commit(commit.clone())) {
+            match self.try_commit(&commit) {
                 Ok(done) => return done,
                 Err(e) => {
                     error!(message = "Failed to commit an engine batch; retrying.", error = %format!("{e:#}"));
@@ -592,6 +697,73 @@ impl Engine {
             }
         }
     }
+
+    fn try_commit(&mut self, commit: &EngineCommit) -> Result<Committed> {
+        let store = self.parts.store.clone();
+        let mut tx = self.block_on(store.begin_engine())?;
+        let alerts = self.block_on(tx.apply(commit))?;
+        let transitions = transitions(commit, &alerts);
+        let deliveries = self.dispatch.plan(&transitions, self.parts.clock.now());
+        if !deliveries.is_empty() {
+            self.block_on(tx.add_deliveries(&deliveries))?;
+        }
+        self.block_on(tx.finish())?;
+        if deliveries
+            .iter()
+            .any(|d| d.status == "pending" || d.status == "held")
+        {
+            self.parts.wake.notify_one();
+        }
+        Ok(Committed {
+            alerts,
+            emitted: !commit.emitted.is_empty(),
+        })
+    }
+}
+
+/// What a commit changed: the alerts after it (for the live stream), and whether it stored
+/// events emitted by scripts (which the engine then reads from the log).
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub alerts: Vec<Alert>,
+    pub emitted: bool,
+}
+
+/// The notifiable changes of a batch, with the alerts as they are after it.
+fn transitions<'a>(commit: &EngineCommit, alerts: &'a [Alert]) -> Vec<Transition<'a>> {
+    let by_id: HashMap<&str, &Alert> = alerts.iter().map(|a| (a.id.as_str(), a)).collect();
+    let mut out = Vec::new();
+    for change in &commit.changes {
+        let (trigger, at) = match change {
+            Change::Open {
+                status: Status::Firing,
+                at,
+                ..
+            }
+            | Change::Fire { at, .. } => (Trigger::Fire, *at),
+            Change::Repeat { at, .. } => (Trigger::Repeat, *at),
+            Change::Resolve {
+                reason: ResolveReason::RuleDisabled,
+                at,
+                ..
+            } => (Trigger::Disable, *at),
+            Change::Resolve { at, .. } => (Trigger::Resolve, *at),
+            Change::Open { .. } | Change::Fold { .. } | Change::Discard { .. } => continue,
+        };
+        if let Some(alert) = by_id.get(change.alert().id.as_str()) {
+            out.push(Transition { trigger, alert, at });
+        }
+    }
+    for ack in &commit.acks {
+        if let Some(alert) = by_id.get(ack.alert.id.as_str()) {
+            out.push(Transition {
+                trigger: Trigger::Ack,
+                alert,
+                at: ack.at,
+            });
+        }
+    }
+    out
 }
 
 /// A rule may read `_topic['X']` and events of `source` only where its owner may read X.

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod dispatch;
 pub mod engine;
 pub mod metrics;
 pub mod rule_files;

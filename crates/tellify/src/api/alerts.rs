@@ -136,14 +136,28 @@ pub async fn ack_alert(
             "the alert is already resolved",
         ));
     }
-    let now = state.clock.now();
-    let acked = state
-        .store
-        .ack_alert(&id, &caller.user.name, now)
-        .await?
-        .ok_or_else(|| ApiError::not_found("alert"))?;
-    let _ = state.alerts.send(acked.clone());
-    Ok(Json(acked))
+    if let Some(acked) = state.engine.ack(alert_key(&alert), &caller.user.name).await {
+        return Ok(Json(acked));
+    }
+    // Acknowledged before (acks are idempotent), or resolved meanwhile.
+    let alert = visible(&state, &caller, &id).await?;
+    if alert.status == "resolved" {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            "the alert is already resolved",
+        ));
+    }
+    Ok(Json(alert))
+}
+
+fn alert_key(alert: &Alert) -> AlertKey {
+    AlertKey {
+        id: alert.id.clone(),
+        owner: alert.owner.clone(),
+        rule: alert.rule.clone(),
+        key: alert.key.clone(),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/resolve", tag = "alerts",
@@ -156,12 +170,7 @@ pub async fn resolve_alert(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Alert>> {
     let alert = visible(&state, &caller, &id).await?;
-    let key = AlertKey {
-        owner: alert.owner.clone(),
-        rule: alert.rule.clone(),
-        key: alert.key.clone(),
-    };
-    if alert.status == "resolved" || !state.engine.resolve(key).await {
+    if alert.status == "resolved" || !state.engine.resolve(alert_key(&alert)).await {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "conflict",

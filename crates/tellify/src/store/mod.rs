@@ -9,6 +9,7 @@
 //! implementation runs the same tests.
 
 pub mod sqlite;
+pub mod sqlite_outbox;
 
 use std::collections::BTreeMap;
 
@@ -211,6 +212,26 @@ pub struct EngineCommit {
     pub emitted: Vec<EventBatch>,
     /// Rule documents to write with this batch (a rule saved through the engine).
     pub rules: Vec<RuleWrite>,
+    /// Acknowledgements by people.
+    pub acks: Vec<Ack>,
+}
+
+/// A person acknowledged an alert.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub alert: tellify_core::alert::AlertKey,
+    pub by: String,
+    pub at: i64,
+}
+
+/// One engine batch inside one store transaction: apply the batch, add the deliveries it
+/// causes, then finish. Dropping it without `finish` rolls everything back.
+#[async_trait::async_trait]
+pub trait EngineTx: Send {
+    /// Applies the batch; returns the alerts it changed, as they are now.
+    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>>;
+    async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()>;
+    async fn finish(self: Box<Self>) -> Result<()>;
 }
 
 /// A rule write carried by an engine commit.
@@ -227,14 +248,6 @@ pub enum RuleWrite {
         owner: String,
         name: String,
     },
-}
-
-/// What a commit changed: the alerts after it (for the live stream), and whether it stored
-/// events emitted by scripts (which the engine then reads from the log).
-#[derive(Debug, Default)]
-pub struct Committed {
-    pub alerts: Vec<Alert>,
-    pub emitted: bool,
 }
 
 /// An audit log entry.
@@ -282,12 +295,12 @@ pub trait Store: Send + Sync {
 
     // The engine.
     async fn load_engine(&self) -> Result<EngineSnapshot>;
-    async fn commit(&self, commit: EngineCommit) -> Result<Committed>;
+    /// Starts an engine batch's transaction.
+    async fn begin_engine(&self) -> Result<Box<dyn EngineTx>>;
 
     // Alerts.
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>>;
     async fn get_alert(&self, id: &str) -> Result<Option<Alert>>;
-    async fn ack_alert(&self, id: &str, by: &str, at: i64) -> Result<Option<Alert>>;
     async fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>>;
     /// Alert counts grouped by some of `source`, `run`, `rule`, `severity`, `status`.
     async fn alert_stats(
@@ -309,4 +322,155 @@ pub trait Store: Send + Sync {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
+}
+
+/// A notification to send, as the dispatcher plans it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewDelivery {
+    pub id: String,
+    pub alert_id: String,
+    /// The subscription's owner.
+    pub owner: String,
+    pub subscription_id: Option<String>,
+    pub channel_owner: String,
+    pub channel: String,
+    pub channel_kind: String,
+    /// fire, resolve, ack, repeat, disable.
+    pub trigger: String,
+    pub format: Option<String>,
+    /// pending, held (a digest), silenced, or dead (e.g. its channel does not exist).
+    pub status: String,
+    pub next_attempt_at: i64,
+    pub digest: Option<String>,
+    /// When the alert changed (for latency).
+    pub changed_at: i64,
+    pub last_error: Option<String>,
+    /// The alert as of the change.
+    pub snapshot: Value,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    pub alert_id: String,
+    pub owner: String,
+    pub subscription_id: Option<String>,
+    pub channel_owner: String,
+    pub channel: String,
+    pub channel_kind: String,
+    pub trigger: String,
+    pub format: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub digest: Option<String>,
+    pub changed_at: i64,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub snapshot: Value,
+}
+
+/// How one send went.
+#[derive(Debug, Clone)]
+pub enum DeliveryOutcome {
+    Sent {
+        at: i64,
+    },
+    /// Try again at `next_attempt_at`; `counts` is false when no attempt was made (breaker open).
+    Retry {
+        error: String,
+        next_attempt_at: i64,
+        counts: bool,
+    },
+    Dead {
+        error: String,
+        at: i64,
+    },
+}
+
+/// A channel as stored: its settings JSON with secret fields sealed.
+#[derive(Debug, Clone)]
+pub struct ChannelRow {
+    pub owner: String,
+    pub name: String,
+    pub kind: String,
+    pub settings: Value,
+    pub shared: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A subscription as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub owner: String,
+    pub spec: Value,
+    pub origin: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A silence as stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SilenceRow {
+    pub id: String,
+    /// Who created it.
+    pub owner: String,
+    pub matchers: Value,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub comment: String,
+    pub created_at: i64,
+}
+
+/// Filters of `GET /api/v1/deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub owner: Option<String>,
+    pub status: Option<String>,
+    pub alert_id: Option<String>,
+    pub limit: i64,
+}
+
+/// Notifications: channels, subscriptions, silences and the delivery outbox.
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync {
+    /// Saves a channel; returns whether it was new.
+    async fn put_channel(&self, channel: &ChannelRow) -> Result<bool>;
+    async fn get_channel(&self, owner: &str, name: &str) -> Result<Option<ChannelRow>>;
+    /// The channels of `owner` (all with `None`), with shared ones when `with_shared`.
+    async fn list_channels(
+        &self,
+        owner: Option<&str>,
+        with_shared: bool,
+    ) -> Result<Vec<ChannelRow>>;
+    async fn delete_channel(&self, owner: &str, name: &str) -> Result<bool>;
+
+    async fn put_subscription(&self, sub: &SubscriptionRow) -> Result<()>;
+    async fn get_subscription(&self, id: &str) -> Result<Option<SubscriptionRow>>;
+    async fn list_subscriptions(&self, owner: Option<&str>) -> Result<Vec<SubscriptionRow>>;
+    async fn delete_subscription(&self, id: &str) -> Result<bool>;
+
+    async fn put_silence(&self, silence: &SilenceRow) -> Result<()>;
+    async fn get_silence(&self, id: &str) -> Result<Option<SilenceRow>>;
+    async fn list_silences(&self, owner: Option<&str>) -> Result<Vec<SilenceRow>>;
+    async fn delete_silence(&self, id: &str) -> Result<bool>;
+
+    /// Takes due deliveries (pending, or held digests whose time came) and marks them sending.
+    async fn claim_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Delivery>>;
+    async fn finish_deliveries(&self, ids: &[String], outcome: &DeliveryOutcome) -> Result<()>;
+    /// Deliveries left `sending` by a crash go back to pending (at-least-once).
+    async fn reset_sending(&self) -> Result<u64>;
+    /// When the next pending or held delivery is due.
+    async fn next_due(&self) -> Result<Option<i64>>;
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>>;
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>>;
+    /// A dead delivery is tried again from its first attempt.
+    async fn retry_delivery(&self, id: &str, now: i64) -> Result<bool>;
+    /// Open digest periods: digest key → due time, for the dispatcher after a restart.
+    async fn held_digests(&self) -> Result<Vec<(String, i64)>>;
 }

@@ -19,9 +19,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use tellify_core::alert::{AlertKey, Change, Status};
 
 use super::{
-    Alert, AlertFilter, AuditEntry, Committed, EngineCommit, EngineSnapshot, EventBatch,
-    HistoryEntry, HistoryFilter, NewEvent, RuleWrite, SourceInfo, StatField, Store, StoredEvent,
-    StoredRule, TokenInfo, User,
+    Alert, AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
+    HistoryEntry, HistoryFilter, NewDelivery, NewEvent, RuleWrite, SourceInfo, StatField, Store,
+    StoredEvent, StoredRule, TokenInfo, User,
 };
 
 /// Rows per multi-row INSERT: SQLite allows 32,766 bound parameters, events take 5 each.
@@ -54,6 +54,10 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         Self::connect(options).await
+    }
+
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     async fn connect(options: SqliteConnectOptions) -> Result<Self> {
@@ -194,39 +198,15 @@ struct FoldSum {
     value: Option<f64>,
 }
 
-impl SqliteStore {
-    async fn flush_fold(
-        tx: &mut Transaction<'_, Sqlite>,
-        alert: &AlertKey,
-        fold: FoldSum,
-    ) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value)
-             WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved' RETURNING id",
-        )
-        .bind(fold.count)
-        .bind(fold.last_seen)
-        .bind(fold.value)
-        .bind(&alert.owner)
-        .bind(&alert.rule)
-        .bind(&alert.key)
-        .fetch_optional(&mut **tx)
-        .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    async fn history(
-        tx: &mut Transaction<'_, Sqlite>,
-        id: &str,
-        alert: &AlertKey,
-        at: i64,
-        status: &str,
-        message: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO alert_history (alert_id, owner, rule, at, status, message) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
+async fn history(
+    tx: &mut Transaction<'_, Sqlite>,
+    alert: &AlertKey,
+    at: i64,
+    status: &str,
+    message: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO alert_history (alert_id, owner, rule, at, status, message) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&alert.id)
         .bind(&alert.owner)
         .bind(&alert.rule)
         .bind(at)
@@ -234,119 +214,272 @@ impl SqliteStore {
         .bind(message)
         .execute(&mut **tx)
         .await?;
-        Ok(())
-    }
+    Ok(())
+}
 
-    /// Applies one (non-fold) change; returns the id of the alert it touched.
-    async fn apply_change(
-        tx: &mut Transaction<'_, Sqlite>,
-        change: &Change,
-    ) -> Result<Option<String>> {
-        let open_id = |alert: &AlertKey| {
+/// Applies one change by alert id; returns whether it touched an alert row that still exists.
+async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<bool> {
+    match change {
+        Change::Open {
+            alert,
+            status,
+            at,
+            content,
+            ..
+        } => {
+            // The evaluator never opens twice; if the store disagrees (an alert resolved by hand
+            // racing a new event), the older one is closed rather than the batch lost.
             sqlx::query(
-                "SELECT id, summary FROM alerts WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
+                "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = 'superseded'
+                 WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
             )
-            .bind(alert.owner.clone())
-            .bind(alert.rule.clone())
-            .bind(alert.key.clone())
-        };
-        match change {
-            Change::Open {
-                alert,
-                status,
-                at,
-                content,
-                ..
-            } => {
-                // The evaluator never opens twice; if the store disagrees (an alert resolved by
-                // hand racing a new event), the older one is closed rather than the batch lost.
-                sqlx::query(
-                    "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = 'superseded'
-                     WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
-                )
+            .bind(at)
+            .bind(&alert.owner)
+            .bind(&alert.rule)
+            .bind(&alert.key)
+            .execute(&mut **tx)
+            .await?;
+            let fired_at = (*status == Status::Firing).then_some(*at);
+            sqlx::query(
+                "INSERT INTO alerts (id, owner, rule, key, status, severity, summary, body, value, labels,
+                     links, source, run, first_seen, fired_at, last_seen, count)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            )
+            .bind(&alert.id)
+            .bind(&alert.owner)
+            .bind(&alert.rule)
+            .bind(&alert.key)
+            .bind(status.as_str())
+            .bind(content.severity.as_str())
+            .bind(&content.summary)
+            .bind(&content.body)
+            .bind(content.value)
+            .bind(json_text(&content.labels))
+            .bind(json_text(&content.links))
+            .bind(&content.source)
+            .bind(&content.run)
+            .bind(at)
+            .bind(fired_at)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+            history(tx, alert, *at, status.as_str(), &content.summary).await?;
+            Ok(true)
+        }
+        Change::Fire { alert, at } => {
+            let row = sqlx::query("UPDATE alerts SET status = 'firing', fired_at = ? WHERE id = ? AND status = 'pending' RETURNING summary")
                 .bind(at)
-                .bind(&alert.owner)
-                .bind(&alert.rule)
-                .bind(&alert.key)
-                .execute(&mut **tx)
+                .bind(&alert.id)
+                .fetch_optional(&mut **tx)
                 .await?;
-                let id = uuid::Uuid::now_v7().to_string();
-                let fired_at = (*status == Status::Firing).then_some(*at);
-                sqlx::query(
-                    "INSERT INTO alerts (id, owner, rule, key, status, severity, summary, body, value, labels,
-                         links, source, run, first_seen, fired_at, last_seen, count)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                )
-                .bind(&id)
-                .bind(&alert.owner)
-                .bind(&alert.rule)
-                .bind(&alert.key)
-                .bind(status.as_str())
-                .bind(content.severity.as_str())
-                .bind(&content.summary)
-                .bind(&content.body)
-                .bind(content.value)
-                .bind(json_text(&content.labels))
-                .bind(json_text(&content.links))
-                .bind(&content.source)
-                .bind(&content.run)
-                .bind(at)
-                .bind(fired_at)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
-                Self::history(tx, &id, alert, *at, status.as_str(), &content.summary).await?;
-                Ok(Some(id))
-            }
-            Change::Fire { alert, at } => {
-                let Some(row) = open_id(alert).fetch_optional(&mut **tx).await? else {
-                    return Ok(None);
-                };
-                let id: String = row.get(0);
-                let summary: String = row.get(1);
-                sqlx::query("UPDATE alerts SET status = 'firing', fired_at = ? WHERE id = ?")
-                    .bind(at)
-                    .bind(&id)
-                    .execute(&mut **tx)
-                    .await?;
-                Self::history(tx, &id, alert, *at, "firing", &summary).await?;
-                Ok(Some(id))
-            }
-            Change::Resolve { alert, at, reason } => {
-                let Some(row) = open_id(alert).fetch_optional(&mut **tx).await? else {
-                    return Ok(None);
-                };
-                let id: String = row.get(0);
-                sqlx::query(
-                    "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = ? WHERE id = ?",
-                )
+            let Some(row) = row else { return Ok(false) };
+            history(tx, alert, *at, "firing", row.get::<&str, _>(0)).await?;
+            Ok(true)
+        }
+        Change::Resolve { alert, at, reason } => {
+            let done = sqlx::query("UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = ? WHERE id = ? AND status != 'resolved'")
                 .bind(at)
                 .bind(reason.message())
-                .bind(&id)
+                .bind(&alert.id)
                 .execute(&mut **tx)
                 .await?;
-                Self::history(tx, &id, alert, *at, "resolved", reason.message()).await?;
-                Ok(Some(id))
+            if done.rows_affected() == 0 {
+                return Ok(false);
             }
-            Change::Discard { alert, .. } => {
-                // A pending alert that never fired leaves no trace but its removal on the stream.
-                let Some(row) = open_id(alert).fetch_optional(&mut **tx).await? else {
-                    return Ok(None);
-                };
-                let id: String = row.get(0);
-                sqlx::query("DELETE FROM alert_history WHERE alert_id = ?")
-                    .bind(&id)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query("DELETE FROM alerts WHERE id = ?")
-                    .bind(&id)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(None)
-            }
-            Change::Fold { .. } => Ok(None),
+            history(tx, alert, *at, "resolved", reason.message()).await?;
+            Ok(true)
         }
+        Change::Discard { alert, .. } => {
+            // A pending alert that never fired leaves no trace.
+            sqlx::query("DELETE FROM alert_history WHERE alert_id = ?")
+                .bind(&alert.id)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM alerts WHERE id = ?")
+                .bind(&alert.id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(false)
+        }
+        // A repeat changes nothing stored; it is there for its notification.
+        Change::Repeat { .. } => Ok(true),
+        Change::Fold { .. } => Ok(false),
     }
+}
+
+/// One engine batch in one SQLite transaction.
+pub struct SqliteEngineTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait::async_trait]
+impl EngineTx for SqliteEngineTx {
+    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>> {
+        let tx = &mut self.tx;
+        for write in &commit.rules {
+            match write {
+                RuleWrite::Put {
+                    owner,
+                    name,
+                    doc,
+                    origin,
+                    at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO rules (owner, name, doc, origin, updated_at) VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (owner, name) DO UPDATE SET doc = excluded.doc, origin = excluded.origin,
+                             error = NULL, updated_at = excluded.updated_at",
+                    )
+                    .bind(owner)
+                    .bind(name)
+                    .bind(json_text(doc))
+                    .bind(origin)
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                RuleWrite::Delete { owner, name } => {
+                    sqlx::query("DELETE FROM rules WHERE owner = ? AND name = ?")
+                        .bind(owner)
+                        .bind(name)
+                        .execute(&mut **tx)
+                        .await?;
+                    // A new rule of the same name must not inherit the old one's memory.
+                    sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ?")
+                        .bind(owner)
+                        .bind(name)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+        let mut touched: Vec<String> = Vec::new();
+        let mut folds: HashMap<AlertKey, FoldSum> = HashMap::new();
+        for change in &commit.changes {
+            if let Change::Fold {
+                alert, at, value, ..
+            } = change
+            {
+                let sum = folds.entry(alert.clone()).or_default();
+                sum.count += 1;
+                sum.last_seen = sum.last_seen.max(*at);
+                if value.is_some() {
+                    sum.value = *value;
+                }
+                continue;
+            }
+            if let Some(fold) = folds.remove(change.alert()) {
+                flush_fold(tx, change.alert(), fold).await?;
+                touched.push(change.alert().id.clone());
+            }
+            if apply_change(tx, change).await? {
+                touched.push(change.alert().id.clone());
+            }
+        }
+        for (alert, fold) in folds {
+            flush_fold(tx, &alert, fold).await?;
+            touched.push(alert.id.clone());
+        }
+        for ack in &commit.acks {
+            let done = sqlx::query("UPDATE alerts SET acked_by = ?, acked_at = ? WHERE id = ? AND status != 'resolved' AND acked_at IS NULL")
+                .bind(&ack.by)
+                .bind(ack.at)
+                .bind(&ack.alert.id)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 1 {
+                history(
+                    tx,
+                    &ack.alert,
+                    ack.at,
+                    "acked",
+                    &format!("acknowledged by {}", ack.by),
+                )
+                .await?;
+                touched.push(ack.alert.id.clone());
+            }
+        }
+        for update in &commit.states {
+            match &update.state {
+                Some(state) => {
+                    sqlx::query(
+                        "INSERT INTO rule_state (owner, rule, key, state) VALUES (?, ?, ?, ?)
+                         ON CONFLICT (owner, rule, key) DO UPDATE SET state = excluded.state",
+                    )
+                    .bind(&update.owner)
+                    .bind(&update.rule)
+                    .bind(&update.key)
+                    .bind(json_text(state))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ? AND key = ?")
+                        .bind(&update.owner)
+                        .bind(&update.rule)
+                        .bind(&update.key)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+        for (owner, rule, error) in &commit.rule_status {
+            sqlx::query("UPDATE rules SET error = ? WHERE owner = ? AND name = ?")
+                .bind(error)
+                .bind(owner)
+                .bind(rule)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for batch in &commit.emitted {
+            insert_events(tx, &batch.events).await?;
+            update_sources(tx, &batch.owner, &batch.events).await?;
+        }
+        if let Some(checkpoint) = commit.checkpoint {
+            sqlx::query("UPDATE engine SET checkpoint = MAX(checkpoint, ?) WHERE id = 1")
+                .bind(checkpoint)
+                .execute(&mut **tx)
+                .await?;
+        }
+        // Read the changed alerts inside the transaction: they feed the deliveries written in it.
+        touched.sort();
+        touched.dedup();
+        let mut alerts = Vec::with_capacity(touched.len());
+        for id in touched {
+            if let Some(row) = sqlx::query("SELECT * FROM alerts WHERE id = ?")
+                .bind(&id)
+                .fetch_optional(&mut **tx)
+                .await?
+            {
+                alerts.push(alert_row(&row));
+            }
+        }
+        Ok(alerts)
+    }
+
+    async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()> {
+        crate::store::sqlite_outbox::insert_deliveries(&mut self.tx, deliveries).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn flush_fold(
+    tx: &mut Transaction<'_, Sqlite>,
+    alert: &AlertKey,
+    fold: FoldSum,
+) -> Result<()> {
+    sqlx::query("UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value) WHERE id = ?")
+        .bind(fold.count)
+        .bind(fold.last_seen)
+        .bind(fold.value)
+        .bind(&alert.id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -603,134 +736,10 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn commit(&self, commit: EngineCommit) -> Result<Committed> {
-        let mut tx = self.pool.begin().await?;
-        for write in &commit.rules {
-            match write {
-                RuleWrite::Put {
-                    owner,
-                    name,
-                    doc,
-                    origin,
-                    at,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO rules (owner, name, doc, origin, updated_at) VALUES (?, ?, ?, ?, ?)
-                         ON CONFLICT (owner, name) DO UPDATE SET doc = excluded.doc, origin = excluded.origin,
-                             error = NULL, updated_at = excluded.updated_at",
-                    )
-                    .bind(owner)
-                    .bind(name)
-                    .bind(json_text(doc))
-                    .bind(origin)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                RuleWrite::Delete { owner, name } => {
-                    sqlx::query("DELETE FROM rules WHERE owner = ? AND name = ?")
-                        .bind(owner)
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                    // A new rule of the same name must not inherit the old one's memory.
-                    sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ?")
-                        .bind(owner)
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        let mut touched: Vec<String> = Vec::new();
-        let mut folds: HashMap<AlertKey, FoldSum> = HashMap::new();
-        for change in &commit.changes {
-            if let Change::Fold {
-                alert, at, value, ..
-            } = change
-            {
-                let sum = folds.entry(alert.clone()).or_default();
-                sum.count += 1;
-                sum.last_seen = sum.last_seen.max(*at);
-                if value.is_some() {
-                    sum.value = *value;
-                }
-                continue;
-            }
-            if let Some(fold) = folds.remove(change.alert())
-                && let Some(id) = Self::flush_fold(&mut tx, change.alert(), fold).await?
-            {
-                touched.push(id);
-            }
-            if let Some(id) = Self::apply_change(&mut tx, change).await? {
-                touched.push(id);
-            }
-        }
-        for (alert, fold) in folds {
-            if let Some(id) = Self::flush_fold(&mut tx, &alert, fold).await? {
-                touched.push(id);
-            }
-        }
-        for update in &commit.states {
-            match &update.state {
-                Some(state) => {
-                    sqlx::query(
-                        "INSERT INTO rule_state (owner, rule, key, state) VALUES (?, ?, ?, ?)
-                         ON CONFLICT (owner, rule, key) DO UPDATE SET state = excluded.state",
-                    )
-                    .bind(&update.owner)
-                    .bind(&update.rule)
-                    .bind(&update.key)
-                    .bind(json_text(state))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ? AND key = ?")
-                        .bind(&update.owner)
-                        .bind(&update.rule)
-                        .bind(&update.key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        for (owner, rule, error) in &commit.rule_status {
-            sqlx::query("UPDATE rules SET error = ? WHERE owner = ? AND name = ?")
-                .bind(error)
-                .bind(owner)
-                .bind(rule)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let mut emitted = false;
-        for batch in &commit.emitted {
-            insert_events(&mut tx, &batch.events).await?;
-            update_sources(&mut tx, &batch.owner, &batch.events).await?;
-            emitted = true;
-        }
-        if let Some(checkpoint) = commit.checkpoint {
-            sqlx::query("UPDATE engine SET checkpoint = MAX(checkpoint, ?) WHERE id = 1")
-                .bind(checkpoint)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Read the changed alerts inside the transaction: after the commit, a failed read would
-        // make the engine retry a batch that is already applied.
-        touched.sort();
-        touched.dedup();
-        let mut alerts = Vec::with_capacity(touched.len());
-        for id in touched {
-            if let Some(row) = sqlx::query("SELECT * FROM alerts WHERE id = ?")
-                .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                alerts.push(alert_row(&row));
-            }
-        }
-        tx.commit().await?;
-        Ok(Committed { alerts, emitted })
+    async fn begin_engine(&self) -> Result<Box<dyn EngineTx>> {
+        Ok(Box::new(SqliteEngineTx {
+            tx: self.pool.begin().await?,
+        }))
     }
 
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
@@ -773,37 +782,6 @@ impl Store for SqliteStore {
             .await?
             .as_ref()
             .map(alert_row))
-    }
-
-    async fn ack_alert(&self, id: &str, by: &str, at: i64) -> Result<Option<Alert>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE alerts SET acked_by = ?, acked_at = ? WHERE id = ? AND status != 'resolved' AND acked_at IS NULL
-             RETURNING owner, rule, key",
-        )
-        .bind(by)
-        .bind(at)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = row {
-            let alert = AlertKey {
-                owner: row.get(0),
-                rule: row.get(1),
-                key: row.get(2),
-            };
-            Self::history(
-                &mut tx,
-                id,
-                &alert,
-                at,
-                "acked",
-                &format!("acknowledged by {by}"),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        self.get_alert(id).await
     }
 
     async fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>> {
