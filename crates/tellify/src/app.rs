@@ -169,8 +169,18 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     })
     .await?;
     let ingest = Ingest::start(store.clone(), engine.clone(), metrics.clone(), owners);
+    let keys = crate::crypto::SecretBox::load(&args.data_dir)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("Failed to build the HTTP client")?;
+    let notifiers = crate::notify::notifiers(http);
     let state = AppState {
         store: store.clone(),
+        outbox: outbox.clone(),
+        keys: keys.clone(),
+        wake: wake.clone(),
+        notifiers: Arc::new(notifiers.clone()),
         engine,
         ingest,
         clock: clock.clone(),
@@ -205,6 +215,16 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         retention,
         shutdown_rx.clone(),
     ));
+    let worker = crate::notify::Worker {
+        outbox,
+        clock: clock.clone(),
+        metrics: state.metrics.clone(),
+        keys,
+        notifiers,
+        policy: crate::notify::Policy::default(),
+        wake,
+    };
+    tokio::spawn(worker.run(shutdown_rx.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", args.listen))?;

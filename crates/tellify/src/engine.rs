@@ -160,6 +160,9 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
     let thread = std::thread::Builder::new()
         .name("tellify-engine".into())
         .spawn(move || {
+            // Inside the runtime's context: database handles dropped on this thread (a failed
+            // transaction) hand their connection back through it.
+            let _context = runtime.enter();
             let mut engine = Engine {
                 evaluator: Evaluator::with_ids(
                     parts.limits,
@@ -174,7 +177,18 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
             match engine.restore() {
                 Ok(()) => {
                     let _ = ready_tx.send(Ok(()));
-                    engine.run(rx);
+                    // Without its engine the server would keep accepting events that nothing
+                    // evaluates. Everything is recoverable from the store, so a bug here stops
+                    // the process for its supervisor to restart, rather than leave a zombie.
+                    let run =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(rx)));
+                    if run.is_err() {
+                        error!(
+                            message =
+                                "The engine failed; stopping so a restart recovers from the store."
+                        );
+                        std::process::exit(70);
+                    }
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -376,6 +390,43 @@ impl Engine {
             }
             self.evaluator.advance(self.parts.clock.now());
             self.commit_pending(None, Vec::new());
+            self.release_silences();
+        }
+    }
+
+    /// When silences have ended since the last look, notifies the firing alerts they held back.
+    fn release_silences(&mut self) {
+        let now = self.parts.clock.now();
+        let Some(end) = self.dispatch.next_silence_end(self.silences_checked) else {
+            self.silences_checked = now;
+            return;
+        };
+        if end > now {
+            return;
+        }
+        let filter = crate::store::AlertFilter {
+            status: Some(Status::Firing),
+            limit: i64::MAX,
+            ..Default::default()
+        };
+        let firing = match self.block_on(self.parts.store.list_alerts(&filter)) {
+            Ok(a) => a,
+            Err(e) => {
+                error!(message = "Failed to read firing alerts for an ended silence; trying again.", error = %format!("{e:#}"));
+                return;
+            }
+        };
+        let renotify: Vec<(String, i64)> = firing
+            .iter()
+            .filter(|a| self.dispatch.released(a, self.silences_checked, now))
+            .map(|a| (a.id.clone(), now))
+            .collect();
+        self.silences_checked = now;
+        if !renotify.is_empty() {
+            self.commit(EngineCommit {
+                renotify,
+                ..Default::default()
+            });
         }
     }
 
@@ -447,6 +498,7 @@ impl Engine {
             Command::Barrier(reply) => {
                 self.evaluator.advance(now);
                 self.commit_pending(None, Vec::new());
+                self.release_silences();
                 let _ = reply.send(());
             }
             Command::Events { .. } | Command::Shutdown => {}
@@ -663,6 +715,7 @@ impl Engine {
             emitted,
             rules,
             acks,
+            renotify: Vec::new(),
         });
         if let Some(c) = checkpoint {
             self.checkpoint = self.checkpoint.max(c);
@@ -760,6 +813,15 @@ fn transitions<'a>(commit: &EngineCommit, alerts: &'a [Alert]) -> Vec<Transition
                 trigger: Trigger::Ack,
                 alert,
                 at: ack.at,
+            });
+        }
+    }
+    for (id, at) in &commit.renotify {
+        if let Some(alert) = by_id.get(id.as_str()).filter(|a| a.status == "firing") {
+            out.push(Transition {
+                trigger: Trigger::Fire,
+                alert,
+                at: *at,
             });
         }
     }

@@ -24,6 +24,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod engine;
 pub mod metrics;
+pub mod notify;
 pub mod rule_files;
 pub mod sources;
 pub mod store;

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +32,12 @@ pub struct RuleSourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    pub channel_kind: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SeverityLabel {
     pub severity: String,
 }
@@ -45,6 +52,8 @@ pub struct Metrics {
     pub alerts_fired: Family<RuleSourceLabel, Counter>,
     pub alerts_open: Family<SeverityLabel, Gauge>,
     pub source_up: Family<SourceLabel, Gauge>,
+    pub deliveries: Family<DeliveryLabel, Counter>,
+    pub delivery_seconds: Histogram,
 }
 
 impl Metrics {
@@ -98,8 +107,22 @@ impl Metrics {
             "1 while a broker source is connected",
             source_up.clone(),
         );
+        let deliveries = Family::<DeliveryLabel, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts by channel kind and outcome (sent, retry, deferred, dead)",
+            deliveries.clone(),
+        );
+        let delivery_seconds = crate::notify::delivery_histogram();
+        registry.register(
+            "delivery_seconds",
+            "Time from an alert change to its notification being delivered",
+            delivery_seconds.clone(),
+        );
         Self {
             registry,
+            deliveries,
+            delivery_seconds,
             events_ingested,
             events_rejected,
             events_evaluated,

@@ -114,8 +114,17 @@ pub async fn get_alert(
             ..Default::default()
         })
         .await?;
+    let deliveries = state
+        .outbox
+        .list_deliveries(&crate::store::DeliveryFilter {
+            alert_id: Some(alert.id.clone()),
+            limit: MAX_LIMIT,
+            ..Default::default()
+        })
+        .await?;
     let mut out = serde_json::to_value(&alert).map_err(|e| ApiError::internal(e.into()))?;
     out["history"] = json!(history);
+    out["deliveries"] = json!(deliveries);
     Ok(Json(out))
 }
 

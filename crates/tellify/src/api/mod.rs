@@ -5,10 +5,14 @@
 //! object with `404`, exactly as for a missing one: existence is not leaked.
 
 pub mod alerts;
+pub mod channels;
+pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod rules;
+pub mod silences;
+pub mod subscriptions;
 pub mod system;
 pub mod users;
 
@@ -34,6 +38,13 @@ pub use error::{ApiError, ApiResult};
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub outbox: Arc<dyn crate::store::Outbox>,
+    /// Seals channel secrets.
+    pub keys: crate::crypto::SecretBox,
+    /// Wakes the delivery worker.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Sends channel tests.
+    pub notifiers: Arc<HashMap<&'static str, Arc<dyn crate::notify::Notifier>>>,
     pub engine: EngineHandle,
     pub ingest: Ingest,
     pub clock: Arc<dyn Clock>,
@@ -138,6 +149,32 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens", get(users::list_tokens).post(users::create_token))
         .route("/tokens/{id}", axum::routing::delete(users::delete_token))
         .route("/audit", get(system::audit))
+        .route("/channels", get(channels::list_channels))
+        .route(
+            "/channels/{name}",
+            get(channels::get_channel)
+                .put(channels::put_channel)
+                .delete(channels::delete_channel),
+        )
+        .route("/channels/{name}/test", post(channels::test_channel))
+        .route(
+            "/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/subscriptions/{id}",
+            get(subscriptions::get)
+                .put(subscriptions::update)
+                .delete(subscriptions::delete),
+        )
+        .route("/silences", get(silences::list).post(silences::create))
+        .route(
+            "/silences/{id}",
+            get(silences::get).delete(silences::expire),
+        )
+        .route("/deliveries", get(deliveries::list))
+        .route("/deliveries/{id}", get(deliveries::get))
+        .route("/deliveries/{id}/retry", post(deliveries::retry))
         .route("/openapi.json", get(openapi::document));
     if state.fake_clock {
         api = api.route("/_test/clock", post(system::advance_clock));

@@ -128,6 +128,8 @@ pub async fn advance_clock(
         .parse()
         .map_err(|m| ApiError::bad_request("bad_request", m))?;
     state.clock.advance(d.millis());
+    // Deliveries that came due with the new time go now.
+    state.wake.notify_one();
     let (tx, rx) = tokio::sync::oneshot::channel();
     state.engine.send(crate::engine::Command::Tick);
     state.engine.send(crate::engine::Command::Barrier(tx));

@@ -94,7 +94,7 @@ pub struct StoredRule {
 }
 
 /// An alert as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     pub id: String,
     pub rule: String,
@@ -214,6 +214,8 @@ pub struct EngineCommit {
     pub rules: Vec<RuleWrite>,
     /// Acknowledgements by people.
     pub acks: Vec<Ack>,
+    /// Firing alerts to notify again, with when (a silence over them ended).
+    pub renotify: Vec<(String, i64)>,
 }
 
 /// A person acknowledged an alert.

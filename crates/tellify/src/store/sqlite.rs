@@ -399,6 +399,7 @@ impl EngineTx for SqliteEngineTx {
                 touched.push(ack.alert.id.clone());
             }
         }
+        touched.extend(commit.renotify.iter().map(|(id, _)| id.clone()));
         for update in &commit.states {
             match &update.state {
                 Some(state) => {

@@ -229,6 +229,32 @@ impl Server {
         answer["alerts"].as_array().expect("alerts").clone()
     }
 
+    pub async fn deliveries(&self, token: &str, query: &str) -> Vec<Value> {
+        let (status, answer) = self
+            .get(token, &format!("/api/v1/deliveries?limit=1000&{query}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "deliveries: {answer}");
+        answer["deliveries"].as_array().expect("deliveries").clone()
+    }
+
+    /// Waits (bounded) until the deliveries matching `query` satisfy `done`; returns them.
+    pub async fn deliveries_until(
+        &self,
+        token: &str,
+        query: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let mut last = Vec::new();
+        for _ in 0..200 {
+            last = self.deliveries(token, query).await;
+            if done(&last) {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("deliveries never got there: {last:#?}");
+    }
+
     /// Creates a user with a token; returns the token.
     pub async fn user(&self, name: &str) -> String {
         let (status, answer) = self

@@ -2,6 +2,7 @@
 //! directory and an injected clock, talked to over HTTP.
 
 mod harness;
+mod receiver;
 
 mod cli;
 mod core_flows;
@@ -10,4 +11,5 @@ mod failures;
 mod hostile;
 mod ingest;
 mod isolation;
+mod notify;
 mod regressions;

@@ -1,0 +1,277 @@
+//! `/api/v1/channels…`: where notifications go. A channel is one flat object — `name`, `kind`
+//! and that kind's settings — whose secrets are write-only and sealed at rest.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tellify_core::subscription::Trigger;
+
+use super::extract::{Json, Path, Query};
+use super::{ApiError, ApiResult, AppState, Caller};
+use crate::notify::{Notification, channel};
+use crate::store::{Alert, ChannelRow};
+
+#[derive(Debug, Deserialize)]
+pub struct OwnerQuery {
+    pub owner: Option<String>,
+}
+
+fn view(c: &ChannelRow) -> Value {
+    let mut out = match &c.settings {
+        Value::Object(m) => channel::hide(&c.kind, m.clone()),
+        _ => Map::new(),
+    };
+    out.insert("name".into(), json!(c.name));
+    out.insert("kind".into(), json!(c.kind));
+    out.insert("owner".into(), json!(c.owner));
+    out.insert("shared".into(), json!(c.shared));
+    out.insert("created_at".into(), json!(c.created_at));
+    out.insert("updated_at".into(), json!(c.updated_at));
+    Value::Object(out)
+}
+
+/// The caller's channels and the shared ones (admins: all).
+#[utoipa::path(get, path = "/api/v1/channels", tag = "notifications", responses((status = 200, description = "channels, secrets shown as ***")))]
+pub async fn list_channels(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let rows = state
+        .outbox
+        .list_channels(caller.scope().as_deref(), true)
+        .await?;
+    Ok(Json(
+        json!({ "channels": rows.iter().map(view).collect::<Vec<_>>() }),
+    ))
+}
+
+/// A channel the caller may use: their own, or (to read) a shared one.
+async fn find(
+    state: &AppState,
+    caller: &Caller,
+    owner: Option<&str>,
+    name: &str,
+) -> ApiResult<ChannelRow> {
+    let owner = match owner {
+        Some(o) if !caller.sees(o) => return Err(ApiError::not_found("channel")),
+        Some(o) => o.to_owned(),
+        None => caller.user.name.clone(),
+    };
+    state
+        .outbox
+        .get_channel(&owner, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("channel"))
+}
+
+#[utoipa::path(get, path = "/api/v1/channels/{name}", tag = "notifications",
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, description = "the channel, secrets shown as ***"), (status = 404, description = "no such channel")))]
+pub async fn get_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<OwnerQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(view(
+        &find(&state, &caller, q.owner.as_deref(), &name).await?,
+    )))
+}
+
+/// Creates or replaces a channel. Secrets left out or sent as `***` keep their stored value.
+#[utoipa::path(put, path = "/api/v1/channels/{name}", tag = "notifications",
+    params(("name" = String, Path, description = "channel name")),
+    request_body(content = Object, description = "{kind, shared?, ...settings of the kind}"),
+    responses((status = 200, description = "saved"), (status = 201, description = "created"), (status = 400, description = "invalid settings")))]
+pub async fn put_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<OwnerQuery>,
+    Json(body): Json<Value>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let owner = caller.acting_for(q.owner.as_deref())?;
+    let Value::Object(mut settings) = body else {
+        return Err(ApiError::bad_request(
+            "invalid_channel",
+            "a channel must be a JSON object",
+        ));
+    };
+    let valid_name = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "._-".contains(c));
+    if !valid_name {
+        return Err(ApiError::bad_request(
+            "invalid_channel",
+            "a channel name is 1 to 100 letters, digits and `._-`",
+        ));
+    }
+    for field in ["owner", "created_at", "updated_at"] {
+        settings.remove(field);
+    }
+    if settings.remove("name").is_some_and(|n| n != json!(name)) {
+        return Err(ApiError::bad_request(
+            "invalid_channel",
+            "the channel's `name` differs from the name in the path",
+        ));
+    }
+    let stored = state.outbox.get_channel(&owner, &name).await?;
+    let kind = match settings.remove("kind") {
+        Some(Value::String(k)) => k,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_channel",
+                "`kind` must be a string",
+            ));
+        }
+        None => stored.as_ref().map(|c| c.kind.clone()).ok_or_else(|| {
+            ApiError::bad_request("invalid_channel", "a new channel needs `kind`")
+        })?,
+    };
+    let shared = match settings.remove("shared") {
+        None => stored.as_ref().is_some_and(|c| c.shared),
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_channel",
+                "`shared` must be true or false",
+            ));
+        }
+    };
+    if shared && !caller.user.is_admin() {
+        return Err(ApiError::forbidden("only admins make shared channels"));
+    }
+    let old_settings = stored
+        .as_ref()
+        .filter(|c| c.kind == kind)
+        .and_then(|c| c.settings.as_object().cloned());
+    // Secrets kept from before count as given for the required-field check.
+    let mut check = settings.clone();
+    if let Some(old) = &old_settings {
+        for (k, v) in old {
+            if check.get(k).is_none_or(|x| x == channel::HIDDEN) {
+                check.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    channel::validate(&kind, &check).map_err(|m| ApiError::bad_request("invalid_channel", m))?;
+    let sealed = channel::seal(&kind, settings, old_settings.as_ref(), &state.keys);
+    let now = state.clock.now();
+    let row = ChannelRow {
+        owner: owner.clone(),
+        name: name.clone(),
+        kind,
+        settings: Value::Object(sealed),
+        shared,
+        created_at: stored.as_ref().map_or(now, |c| c.created_at),
+        updated_at: now,
+    };
+    let created = state.outbox.put_channel(&row).await?;
+    state.engine.notify_settings_changed().await;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "channel.put",
+            &format!("{owner}/{name}"),
+            None,
+            now,
+        )
+        .await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(view(&row)),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/channels/{name}", tag = "notifications",
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "no such channel")))]
+pub async fn delete_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<OwnerQuery>,
+) -> ApiResult<StatusCode> {
+    let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
+    state.outbox.delete_channel(&row.owner, &name).await?;
+    state.engine.notify_settings_changed().await;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "channel.delete",
+            &format!("{}/{name}", row.owner),
+            None,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends a test notification now and says how it went.
+#[utoipa::path(post, path = "/api/v1/channels/{name}/test", tag = "notifications",
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, description = "sent"), (status = 502, description = "the receiver refused or could not be reached")))]
+pub async fn test_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<OwnerQuery>,
+) -> ApiResult<Json<Value>> {
+    let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
+    let notifier = state.notifiers.get(row.kind.as_str()).ok_or_else(|| {
+        ApiError::bad_request(
+            "unsupported",
+            format!("`{}` channels cannot send in this version", row.kind),
+        )
+    })?;
+    let settings = match &row.settings {
+        Value::Object(m) => channel::open(&row.kind, m.clone(), &state.keys)?,
+        _ => Map::new(),
+    };
+    let now = state.clock.now();
+    let alert = Alert {
+        id: format!("test-{}", uuid::Uuid::now_v7()),
+        rule: "tellify-test".into(),
+        owner: caller.user.name.clone(),
+        key: name.clone(),
+        status: "firing".into(),
+        severity: "info".into(),
+        summary: format!("Test notification to channel {name}"),
+        body: "If you can read this, the channel works.".into(),
+        value: None,
+        labels: Default::default(),
+        links: Default::default(),
+        source: "tellify".into(),
+        run: None,
+        first_seen: now,
+        fired_at: Some(now),
+        last_seen: now,
+        resolved_at: None,
+        resolve_reason: None,
+        count: 1,
+        acked_by: None,
+        acked_at: None,
+    };
+    let n = Notification {
+        id: alert.id.clone(),
+        trigger: Trigger::Fire,
+        alerts: vec![alert],
+        digest: false,
+    };
+    match notifier.send(&settings, &n).await {
+        Ok(()) => Ok(Json(json!({ "sent": true }))),
+        Err(e) => Err(
+            ApiError::new(StatusCode::BAD_GATEWAY, "delivery_failed", e.message)
+                .with("retryable", e.retryable),
+        ),
+    }
+}

@@ -1,0 +1,97 @@
+//! `/api/v1/deliveries…`: the outbox, and retrying dead deliveries.
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{Json, Path, Query};
+use super::{ApiError, ApiResult, AppState, Caller};
+use crate::store::{Delivery, DeliveryFilter};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// pending, held, sending, sent, dead, silenced.
+    pub status: Option<String>,
+    pub alert: Option<String>,
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "notifications",
+    params(("status" = Option<String>, Query, description = "pending | held | sending | sent | dead | silenced"),
+           ("alert" = Option<String>, Query, description = "alert id")),
+    responses((status = 200, description = "newest first", body = [Delivery])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    const STATUSES: [&str; 6] = ["pending", "held", "sending", "sent", "dead", "silenced"];
+    if let Some(s) = &q.status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("`status` must be one of {}", STATUSES.join(", ")),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "`limit` must be 1 to 1000",
+        ));
+    }
+    let filter = DeliveryFilter {
+        owner: caller.scope(),
+        status: q.status,
+        alert_id: q.alert,
+        limit,
+    };
+    Ok(Json(
+        json!({ "deliveries": state.outbox.list_deliveries(&filter).await? }),
+    ))
+}
+
+async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Delivery> {
+    match state.outbox.get_delivery(id).await? {
+        Some(d) if caller.sees(&d.owner) => Ok(d),
+        _ => Err(ApiError::not_found("delivery")),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "notifications",
+    params(("id" = String, Path, description = "delivery id")), responses((status = 200, description = "the delivery", body = Delivery)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Delivery>> {
+    Ok(Json(find(&state, &caller, &id).await?))
+}
+
+/// Sends a dead delivery again, from its first attempt.
+#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "notifications",
+    params(("id" = String, Path, description = "delivery id")),
+    responses((status = 200, description = "queued again"), (status = 409, description = "not dead")))]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Delivery>> {
+    find(&state, &caller, &id).await?;
+    let now = state.clock.now();
+    if !state.outbox.retry_delivery(&id, now).await? {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            "only a dead delivery can be retried",
+        ));
+    }
+    state.wake.notify_one();
+    state
+        .store
+        .audit(&caller.user.name, "delivery.retry", &id, None, now)
+        .await?;
+    Ok(Json(find(&state, &caller, &id).await?))
+}

@@ -1,0 +1,162 @@
+//! What a notification says, in words every medium can use: a title, a plain-text body, a
+//! one-line short form (SMS), and the facts (severity, key, value, labels, first/last seen,
+//! links). Each channel lays these out in its own format.
+
+use chrono::{TimeZone, Utc};
+use tellify_core::subscription::Trigger;
+
+use crate::store::Alert;
+
+/// One notification: an alert change, or a digest of several.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// The delivery id (the first one's, for a digest): the receiver's idempotency key.
+    pub id: String,
+    pub trigger: Trigger,
+    pub alerts: Vec<Alert>,
+    pub digest: bool,
+}
+
+pub fn trigger_word(trigger: Trigger) -> &'static str {
+    match trigger {
+        Trigger::Fire => "FIRING",
+        Trigger::Resolve => "RESOLVED",
+        Trigger::Ack => "ACKNOWLEDGED",
+        Trigger::Repeat => "STILL FIRING",
+        Trigger::Disable => "RULE DISABLED",
+    }
+}
+
+/// Epoch ms as `2026-11-25 10:00:00 UTC`.
+pub fn time(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms).single().map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
+}
+
+impl Notification {
+    pub fn first(&self) -> &Alert {
+        self.alerts
+            .first()
+            .expect("a notification has at least one alert")
+    }
+
+    pub fn title(&self) -> String {
+        if self.digest {
+            let firing = self
+                .alerts
+                .iter()
+                .filter(|a| a.status != "resolved")
+                .count();
+            return format!(
+                "[Tellify digest] {} alerts ({firing} firing)",
+                self.alerts.len()
+            );
+        }
+        let a = self.first();
+        format!("[{}] {}: {}", trigger_word(self.trigger), a.rule, a.summary)
+    }
+
+    /// The facts of one alert as (name, value) pairs.
+    pub fn facts(alert: &Alert) -> Vec<(String, String)> {
+        let mut facts = vec![
+            ("Severity".to_owned(), alert.severity.clone()),
+            ("Status".to_owned(), alert.status.clone()),
+            ("Rule".to_owned(), alert.rule.clone()),
+            ("Key".to_owned(), alert.key.clone()),
+        ];
+        if let Some(v) = alert.value {
+            facts.push(("Value".to_owned(), format_value(v)));
+        }
+        for (k, v) in &alert.labels {
+            facts.push((k.clone(), v.clone()));
+        }
+        facts.push(("First seen".to_owned(), time(alert.first_seen)));
+        facts.push(("Last seen".to_owned(), time(alert.last_seen)));
+        if alert.count > 1 {
+            facts.push(("Count".to_owned(), alert.count.to_string()));
+        }
+        if let Some(t) = alert.resolved_at {
+            facts.push(("Resolved".to_owned(), time(t)));
+        }
+        if let Some(by) = &alert.acked_by {
+            facts.push(("Acknowledged by".to_owned(), by.clone()));
+        }
+        facts
+    }
+
+    /// A plain-text body.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for (i, a) in self.alerts.iter().enumerate() {
+            if self.digest {
+                out.push_str(&format!(
+                    "{}. [{}] {}: {}\n",
+                    i + 1,
+                    a.status.to_uppercase(),
+                    a.rule,
+                    a.summary
+                ));
+            } else {
+                out.push_str(&format!("{}\n\n", a.summary));
+                if !a.body.is_empty() {
+                    out.push_str(&format!("{}\n\n", a.body));
+                }
+            }
+            for (k, v) in Self::facts(a) {
+                out.push_str(&format!(
+                    "{}{k}: {v}\n",
+                    if self.digest { "   " } else { "" }
+                ));
+            }
+            for (name, url) in &a.links {
+                out.push_str(&format!(
+                    "{}{name}: {url}\n",
+                    if self.digest { "   " } else { "" }
+                ));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// One line for SMS and chat previews, at most 160 characters.
+    pub fn short(&self) -> String {
+        let line = if self.digest {
+            self.title()
+        } else {
+            let a = self.first();
+            let value = a
+                .value
+                .map(|v| format!(" ({})", format_value(v)))
+                .unwrap_or_default();
+            format!(
+                "{} {} {}: {}{value}",
+                trigger_word(self.trigger),
+                a.severity.to_uppercase(),
+                a.key,
+                a.summary
+            )
+        };
+        truncate(&line, 160)
+    }
+}
+
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Cuts text to `max` characters, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}

@@ -1,0 +1,386 @@
+//! ⑤ Notify: the delivery worker and one notifier per channel kind.
+//!
+//! The worker takes due deliveries from the outbox, sends each through its channel's
+//! [`Notifier`], and records the outcome: sent; retried later with exponential backoff and
+//! jitter (honouring `Retry-After`); or dead after the last attempt. A circuit breaker per
+//! channel stops hammering a receiver that keeps failing. Deliveries are sent at least once:
+//! a crash between sending and recording leaves them `sending`, and they go again at start.
+
+pub mod channel;
+pub mod message;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use prometheus_client::metrics::histogram::Histogram;
+use rand::Rng;
+use serde_json::{Map, Value};
+use tellify_core::subscription::Trigger;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::crypto::SecretBox;
+use crate::metrics::{DeliveryLabel, Metrics};
+use crate::store::{Alert, Delivery, DeliveryOutcome, Outbox};
+pub use message::Notification;
+
+/// Why a send failed, and whether trying again can help.
+#[derive(Debug, Clone)]
+pub struct NotifyError {
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl NotifyError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    /// Classifies an HTTP answer: 429 and 5xx (and 408) are worth retrying, other 4xx not.
+    pub fn from_status(
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &str,
+    ) -> Self {
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let retryable =
+            status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
+        Self {
+            message: format!("{status}: {}", message::truncate(body.trim(), 300)),
+            retryable,
+            retry_after,
+        }
+    }
+
+    /// A transport failure (refused, reset, timed out): the receiver may be back soon.
+    pub fn from_reqwest(e: &reqwest::Error) -> Self {
+        // reqwest's message names the URL, which may hold a secret (a webhook URL): drop it.
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "could not connect"
+        } else {
+            "the request failed"
+        };
+        Self::retry(kind)
+    }
+}
+
+/// Sends notifications through one kind of channel.
+#[async_trait::async_trait]
+pub trait Notifier: Send + Sync {
+    /// Sends `n` with the channel's opened settings.
+    async fn send(
+        &self,
+        settings: &Map<String, Value>,
+        n: &Notification,
+    ) -> Result<(), NotifyError>;
+}
+
+/// Retry policy of the outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Attempts before a delivery is dead.
+    pub max_attempts: i64,
+    /// The first retry's delay; each next one doubles, with ±20% jitter.
+    pub base: Duration,
+    pub max_delay: Duration,
+    /// Consecutive failures of a channel that open its breaker, and for how long.
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+}
+
+impl Default for Policy {
+    /// Ten attempts over about an hour: 7s, 14s, … doubling.
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            base: Duration::from_secs(7),
+            max_delay: Duration::from_secs(30 * 60),
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Policy {
+    /// The delay before attempt `attempts + 1`, after `attempts` failures.
+    pub fn backoff(&self, attempts: i64, retry_after: Option<Duration>) -> Duration {
+        let exp = u32::try_from(attempts.clamp(1, 30) - 1).unwrap_or(0);
+        let raw = self
+            .base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.max_delay);
+        let jitter = rand::rng().random_range(0.8..1.2);
+        let delay = raw.mul_f64(jitter);
+        retry_after.map_or(delay, |r| delay.max(r))
+    }
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: i64,
+}
+
+/// The delivery worker.
+pub struct Worker {
+    pub outbox: Arc<dyn Outbox>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub keys: SecretBox,
+    pub notifiers: HashMap<&'static str, Arc<dyn Notifier>>,
+    pub policy: Policy,
+    pub wake: Arc<Notify>,
+}
+
+/// The notifiers of every kind this build can send.
+pub fn notifiers(http: reqwest::Client) -> HashMap<&'static str, Arc<dyn Notifier>> {
+    let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
+    out.insert("webhook", Arc::new(webhook::Webhook { http }));
+    out
+}
+
+impl Worker {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        match self.outbox.reset_sending().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                message = "Deliveries interrupted by a stop go again.",
+                deliveries = n
+            ),
+            Err(e) => {
+                warn!(message = "Failed to reset interrupted deliveries.", error = %format!("{e:#}"))
+            }
+        }
+        let mut breakers: HashMap<(String, String), Breaker> = HashMap::new();
+        loop {
+            let now = self.clock.now();
+            let claimed = match self.outbox.claim_deliveries(now, 64).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(message = "Failed to read due deliveries.", error = %format!("{e:#}"));
+                    Vec::new()
+                }
+            };
+            if !claimed.is_empty() {
+                self.send_all(claimed, &mut breakers).await;
+                continue;
+            }
+            // Sleep until the next is due (at most a second: the clock may be a test's), or
+            // until the engine or a retry request says there is work.
+            let wait = match self.outbox.next_due().await {
+                Ok(Some(due)) => (due - self.clock.now()).clamp(0, 1_000),
+                _ => 1_000,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Sends claimed deliveries: digests grouped into one message, the rest one by one, in
+    /// parallel across channels.
+    async fn send_all(
+        &self,
+        claimed: Vec<Delivery>,
+        breakers: &mut HashMap<(String, String), Breaker>,
+    ) {
+        let mut groups: Vec<Vec<Delivery>> = Vec::new();
+        let mut by_digest: HashMap<String, usize> = HashMap::new();
+        for d in claimed {
+            match d.digest.clone() {
+                Some(key) => match by_digest.get(&key) {
+                    Some(&i) => groups[i].push(d),
+                    None => {
+                        by_digest.insert(key, groups.len());
+                        groups.push(vec![d]);
+                    }
+                },
+                None => groups.push(vec![d]),
+            }
+        }
+        let now = self.clock.now();
+        let mut sends = Vec::new();
+        for group in groups {
+            let first = &group[0];
+            let channel = (first.channel_owner.clone(), first.channel.clone());
+            let breaker = breakers.entry(channel.clone()).or_default();
+            if breaker.open_until > now {
+                // The channel is failing: wait for the breaker without spending an attempt.
+                let ids: Vec<String> = group.iter().map(|d| d.id.clone()).collect();
+                let outcome = DeliveryOutcome::Retry {
+                    error: "circuit breaker open: the channel keeps failing".into(),
+                    next_attempt_at: breaker.open_until,
+                    counts: false,
+                };
+                self.finish(&ids, &outcome, &group).await;
+                continue;
+            }
+            sends.push(async move {
+                let result = self.send_group(&group).await;
+                (channel, group, result)
+            });
+        }
+        for (channel, group, result) in futures::future::join_all(sends).await {
+            let now = self.clock.now();
+            let ids: Vec<String> = group.iter().map(|d| d.id.clone()).collect();
+            let attempts = group.iter().map(|d| d.attempts).max().unwrap_or(0) + 1;
+            let breaker = breakers.entry(channel).or_default();
+            let outcome = match result {
+                Ok(()) => {
+                    breaker.failures = 0;
+                    DeliveryOutcome::Sent { at: now }
+                }
+                Err(e) => {
+                    breaker.failures += 1;
+                    if breaker.failures >= self.policy.breaker_failures {
+                        breaker.open_until = now + self.policy.breaker_open.as_millis() as i64;
+                    }
+                    if e.retryable && attempts < self.policy.max_attempts {
+                        let delay = self.policy.backoff(attempts, e.retry_after);
+                        DeliveryOutcome::Retry {
+                            error: e.message,
+                            next_attempt_at: now + delay.as_millis() as i64,
+                            counts: true,
+                        }
+                    } else {
+                        DeliveryOutcome::Dead {
+                            error: e.message,
+                            at: now,
+                        }
+                    }
+                }
+            };
+            self.finish(&ids, &outcome, &group).await;
+        }
+    }
+
+    async fn finish(&self, ids: &[String], outcome: &DeliveryOutcome, group: &[Delivery]) {
+        let status = match outcome {
+            DeliveryOutcome::Sent { at } => {
+                for d in group {
+                    self.metrics
+                        .delivery_seconds
+                        .observe((at - d.changed_at).max(0) as f64 / 1000.0);
+                }
+                "sent"
+            }
+            DeliveryOutcome::Retry { counts: true, .. } => "retry",
+            DeliveryOutcome::Retry { .. } => "deferred",
+            DeliveryOutcome::Dead { .. } => "dead",
+        };
+        if let Some(d) = group.first() {
+            self.metrics
+                .deliveries
+                .get_or_create(&DeliveryLabel {
+                    channel_kind: d.channel_kind.clone(),
+                    status: status.into(),
+                })
+                .inc_by(group.len() as u64);
+        }
+        if let Err(e) = self.outbox.finish_deliveries(ids, outcome).await {
+            // They stay `sending` and go again after a restart: at least once.
+            warn!(message = "Failed to record a delivery outcome.", error = %format!("{e:#}"));
+        }
+    }
+
+    async fn send_group(&self, group: &[Delivery]) -> Result<(), NotifyError> {
+        let first = &group[0];
+        let channel = self
+            .outbox
+            .get_channel(&first.channel_owner, &first.channel)
+            .await
+            .map_err(|_| NotifyError::retry("the channel could not be read"))?
+            .ok_or_else(|| {
+                NotifyError::permanent(format!("the channel `{}` no longer exists", first.channel))
+            })?;
+        let notifier = self.notifiers.get(channel.kind.as_str()).ok_or_else(|| {
+            NotifyError::permanent(format!(
+                "`{}` channels cannot send in this version",
+                channel.kind
+            ))
+        })?;
+        let settings = match channel.settings {
+            Value::Object(m) => channel::open(&channel.kind, m, &self.keys).map_err(|_| {
+                NotifyError::permanent("the channel's secrets do not open with this server's key")
+            })?,
+            _ => return Err(NotifyError::permanent("the channel's settings are damaged")),
+        };
+        let alerts: Vec<Alert> = group
+            .iter()
+            .filter_map(|d| serde_json::from_value(d.snapshot.clone()).ok())
+            .collect();
+        if alerts.is_empty() {
+            return Err(NotifyError::permanent(
+                "the delivery's alert snapshot is damaged",
+            ));
+        }
+        let trigger = match first.trigger.as_str() {
+            "resolve" => Trigger::Resolve,
+            "ack" => Trigger::Ack,
+            "repeat" => Trigger::Repeat,
+            "disable" => Trigger::Disable,
+            _ => Trigger::Fire,
+        };
+        let n = Notification {
+            id: first.id.clone(),
+            trigger,
+            alerts,
+            digest: first.digest.is_some(),
+        };
+        match tokio::time::timeout(Duration::from_secs(30), notifier.send(&settings, &n)).await {
+            Ok(result) => result,
+            Err(_) => Err(NotifyError::retry("timed out after 30s")),
+        }
+    }
+}
+
+/// Buckets of `tellify_delivery_seconds`: alert change → delivered.
+pub fn delivery_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_honours_retry_after() {
+        let p = Policy::default();
+        for attempts in 1..=9 {
+            let d = p.backoff(attempts, None).as_secs_f64();
+            let raw = (7.0 * 2f64.powi(attempts as i32 - 1)).min(1800.0);
+            assert!(d >= raw * 0.8 && d <= raw * 1.2, "attempt {attempts}: {d}s");
+        }
+        assert!(p.backoff(1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
+        // Nine gaps between ten attempts: about an hour.
+        let total: f64 = (1..=9).map(|a| (7.0 * 2f64.powi(a - 1)).min(1800.0)).sum();
+        assert!((3000.0..4500.0).contains(&total), "{total}");
+    }
+}

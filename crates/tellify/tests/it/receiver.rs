@@ -1,0 +1,141 @@
+//! A local HTTP receiver for notification tests: records every request and answers with the
+//! statuses it is told to, so tests can check real payloads and play a failing receiver.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    /// Answers to give, in order; when empty, 200.
+    script: VecDeque<(u16, Option<u64>)>,
+    /// Answer every request with this, once the script is empty.
+    always: Option<u16>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+async fn record(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().expect("lock");
+    inner.received.push(Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+    });
+    let (status, retry_after) = inner
+        .script
+        .pop_front()
+        .unwrap_or((inner.always.unwrap_or(200), None));
+    let status = StatusCode::from_u16(status).expect("status");
+    match retry_after {
+        Some(s) => (status, [("retry-after", s.to_string())], "scripted").into_response(),
+        None => (
+            status,
+            if status.is_success() {
+                "ok"
+            } else {
+                "scripted failure"
+            },
+        )
+            .into_response(),
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Listens on a given address (to come back on the same port after a test stopped it).
+    pub async fn start_on(addr: &str) -> Receiver {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().fallback(record).with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, inner }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers the next requests with these statuses (and Retry-After seconds).
+    pub fn script(&self, answers: &[(u16, Option<u64>)]) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .script
+            .extend(answers.iter().copied());
+    }
+
+    pub fn always(&self, status: Option<u16>) {
+        self.inner.lock().expect("lock").always = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().expect("lock").received.clone()
+    }
+
+    /// Waits (bounded) until at least `n` requests came; returns them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        for _ in 0..200 {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "expected {n} requests, got {}: {:#?}",
+            self.received().len(),
+            self.received()
+        );
+    }
+
+    /// Checks that no more than `n` requests come within a short while.
+    pub async fn settle_at(&self, n: usize) -> Vec<Received> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = self.received();
+        assert_eq!(got.len(), n, "{got:#?}");
+        got
+    }
+}
