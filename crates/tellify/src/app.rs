@@ -70,6 +70,28 @@ pub async fn open_store(args: &ServeArgs) -> Result<(Arc<dyn Store>, Arc<dyn Out
     Ok((store.clone(), store))
 }
 
+/// The SMTP settings: those saved over the API, else the config file's (then saved).
+async fn load_smtp(
+    outbox: &dyn Outbox,
+    keys: &crate::crypto::SecretBox,
+    from_file: Option<crate::notify::email::SmtpSettings>,
+    now: i64,
+) -> Result<crate::notify::email::SharedSmtp> {
+    let stored = match outbox.get_setting("smtp").await? {
+        Some(v) => Some(crate::api::config::open_smtp(v, keys)?),
+        None => match from_file {
+            Some(smtp) => {
+                outbox
+                    .put_setting("smtp", &crate::api::config::seal_smtp(&smtp, keys), now)
+                    .await?;
+                Some(smtp)
+            }
+            None => None,
+        },
+    };
+    Ok(Arc::new(std::sync::RwLock::new(stored)))
+}
+
 /// The server's secret key (for encrypting channel secrets), created on first start.
 fn ensure_secret_key(data_dir: &Path) -> Result<()> {
     let path = data_dir.join("secret.key");
@@ -174,13 +196,15 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("Failed to build the HTTP client")?;
-    let notifiers = crate::notify::notifiers(http);
+    let smtp = load_smtp(outbox.as_ref(), &keys, file.smtp.clone(), clock.now()).await?;
+    let notifiers = crate::notify::notifiers(http, smtp.clone());
     let state = AppState {
         store: store.clone(),
         outbox: outbox.clone(),
         keys: keys.clone(),
         wake: wake.clone(),
         notifiers: Arc::new(notifiers.clone()),
+        smtp,
         engine,
         ingest,
         clock: clock.clone(),

@@ -64,7 +64,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub channels: Vec<serde_json::Value>,
     #[serde(default)]
-    pub smtp: Option<serde_json::Value>,
+    pub smtp: Option<crate::notify::email::SmtpSettings>,
 }
 
 impl ConfigFile {
@@ -80,11 +80,15 @@ impl ConfigFile {
                 path.display()
             );
         }
-        if !config.channels.is_empty() || config.smtp.is_some() {
+        if !config.channels.is_empty() {
             bail!(
-                "{}: `channels` and `smtp` are not supported by this version yet",
+                "{}: `channels` in the config file are not supported by this version yet; create them with PUT /api/v1/channels/NAME",
                 path.display()
             );
+        }
+        if let Some(smtp) = &config.smtp {
+            smtp.check()
+                .map_err(|m| anyhow::anyhow!("{}: smtp: {m}", path.display()))?;
         }
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         Ok(ConfigFile {

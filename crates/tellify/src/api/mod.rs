@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod channels;
+pub mod config;
 pub mod deliveries;
 pub mod error;
 pub mod extract;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub keys: crate::crypto::SecretBox,
     /// Wakes the delivery worker.
     pub wake: Arc<tokio::sync::Notify>,
+    /// The server's SMTP settings, password opened.
+    pub smtp: crate::notify::email::SharedSmtp,
     /// Sends channel tests.
     pub notifiers: Arc<HashMap<&'static str, Arc<dyn crate::notify::Notifier>>>,
     pub engine: EngineHandle,
@@ -172,6 +175,7 @@ pub fn router(state: AppState) -> Router {
             "/silences/{id}",
             get(silences::get).delete(silences::expire),
         )
+        .route("/config/smtp", get(config::get_smtp).put(config::put_smtp))
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}", get(deliveries::get))
         .route("/deliveries/{id}/retry", post(deliveries::retry))

@@ -50,6 +50,8 @@ use utoipa::OpenApi;
         super::deliveries::list,
         super::deliveries::get,
         super::deliveries::retry,
+        super::config::get_smtp,
+        super::config::put_smtp,
     ),
     components(schemas(crate::store::Alert, crate::store::User, crate::store::Delivery, super::users::NewUser, super::users::NewToken)),
     modifiers(&BearerAuth),

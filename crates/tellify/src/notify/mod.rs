@@ -7,6 +7,7 @@
 //! a crash between sending and recording leaves them `sending`, and they go again at start.
 
 pub mod channel;
+pub mod email;
 pub mod message;
 pub mod webhook;
 
@@ -156,9 +157,13 @@ pub struct Worker {
 }
 
 /// The notifiers of every kind this build can send.
-pub fn notifiers(http: reqwest::Client) -> HashMap<&'static str, Arc<dyn Notifier>> {
+pub fn notifiers(
+    http: reqwest::Client,
+    smtp: email::SharedSmtp,
+) -> HashMap<&'static str, Arc<dyn Notifier>> {
     let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
     out.insert("webhook", Arc::new(webhook::Webhook { http }));
+    out.insert("email", Arc::new(email::Email { smtp }));
     out
 }
 

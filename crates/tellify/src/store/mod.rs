@@ -475,4 +475,8 @@ pub trait Outbox: Send + Sync {
     async fn retry_delivery(&self, id: &str, now: i64) -> Result<bool>;
     /// Open digest periods: digest key → due time, for the dispatcher after a restart.
     async fn held_digests(&self) -> Result<Vec<(String, i64)>>;
+
+    /// A server-wide setting (such as `smtp`).
+    async fn get_setting(&self, key: &str) -> Result<Option<Value>>;
+    async fn put_setting(&self, key: &str, value: &Value, now: i64) -> Result<()>;
 }

@@ -366,6 +366,27 @@ impl Outbox for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn get_setting(&self, key: &str) -> Result<Option<Value>> {
+        Ok(sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).unwrap_or(Value::Null)))
+    }
+
+    async fn put_setting(&self, key: &str, value: &Value, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(json_text(value))
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     async fn held_digests(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT digest, MIN(next_attempt_at) FROM deliveries WHERE status IN ('held', 'sending') AND digest IS NOT NULL GROUP BY digest",

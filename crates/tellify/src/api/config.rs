@@ -1,0 +1,122 @@
+//! `/api/v1/config/smtp` (admin): the server's SMTP settings. The password is write-only and
+//! sealed at rest; a PUT with `test_addr` sends a test email first and, if that fails, answers
+//! `422` with the SMTP error and saves nothing.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::extract::Json;
+use super::{ApiError, ApiResult, AppState, Caller};
+use crate::crypto::SecretBox;
+use crate::notify::channel::HIDDEN;
+use crate::notify::email::SmtpSettings;
+
+/// The settings as stored: the password sealed.
+pub fn seal_smtp(smtp: &SmtpSettings, keys: &SecretBox) -> Value {
+    let mut v = serde_json::to_value(smtp).unwrap_or(Value::Null);
+    if let Some(p) = &smtp.password {
+        v["password"] = json!(keys.seal(p));
+    }
+    v
+}
+
+/// The settings as used: the password opened.
+pub fn open_smtp(mut v: Value, keys: &SecretBox) -> anyhow::Result<SmtpSettings> {
+    if let Some(p) = v
+        .get("password")
+        .and_then(Value::as_str)
+        .filter(|p| SecretBox::is_sealed(p))
+    {
+        v["password"] = json!(keys.open(p)?);
+    }
+    Ok(serde_json::from_value(v)?)
+}
+
+fn view(smtp: Option<&SmtpSettings>) -> Value {
+    match smtp {
+        Some(s) => {
+            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+            if s.password.is_some() {
+                v["password"] = json!(HIDDEN);
+            }
+            v
+        }
+        None => json!({}),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/config/smtp", tag = "notifications", responses((status = 200, description = "SMTP settings, password shown as ***")))]
+pub async fn get_smtp(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let smtp = state
+        .smtp
+        .read()
+        .map_err(|_| ApiError::unavailable("settings are being changed"))?
+        .clone();
+    Ok(Json(view(smtp.as_ref())))
+}
+
+#[utoipa::path(put, path = "/api/v1/config/smtp", tag = "notifications",
+    request_body(content = Object, description = "{host, port, from_addr, from_name?, encryption: tls|starttls|none, auth: password|none, username?, password?, ca_file?, test_addr?}"),
+    responses((status = 200, description = "saved"), (status = 400, description = "invalid"), (status = 422, description = "the test email failed: nothing saved")))]
+pub async fn put_smtp(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(mut body): Json<Value>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let Value::Object(map) = &mut body else {
+        return Err(ApiError::bad_request(
+            "invalid_smtp",
+            "the settings must be a JSON object",
+        ));
+    };
+    let test_addr = match map.remove("test_addr") {
+        Some(Value::String(a)) if !a.is_empty() => Some(a),
+        Some(Value::String(_)) | Some(Value::Null) | None => None,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_smtp",
+                "`test_addr` must be an email address",
+            ));
+        }
+    };
+    let current = state
+        .smtp
+        .read()
+        .map_err(|_| ApiError::unavailable("settings are being changed"))?
+        .clone();
+    // A password left out or sent as *** keeps the stored one.
+    if map.get("password").is_none_or(|p| p == HIDDEN)
+        && let Some(p) = current.as_ref().and_then(|c| c.password.clone())
+    {
+        map.insert("password".into(), json!(p));
+    }
+    let smtp: SmtpSettings = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request("invalid_smtp", e.to_string()))?;
+    smtp.check()
+        .map_err(|m| ApiError::bad_request("invalid_smtp", m))?;
+    if let Some(to) = test_addr {
+        let text = "This is a test email from Tellify: the SMTP settings work.".to_owned();
+        smtp.send(&[to], "Tellify test email", text, None)
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "smtp_failed", e.message)
+            })?;
+    }
+    let now = state.clock.now();
+    state
+        .outbox
+        .put_setting("smtp", &seal_smtp(&smtp, &state.keys), now)
+        .await?;
+    *state
+        .smtp
+        .write()
+        .map_err(|_| ApiError::unavailable("settings are being changed"))? = Some(smtp.clone());
+    state
+        .store
+        .audit(&caller.user.name, "config.smtp", "smtp", None, now)
+        .await?;
+    Ok(Json(view(Some(&smtp))))
+}

@@ -1,0 +1,201 @@
+//! `email` channels: messages with a plain-text and an HTML part (or text only), sent through
+//! the server's SMTP settings with lettre — implicit TLS, STARTTLS or none; password or no
+//! authentication. TLS always verifies the server; `ca_file` adds a private CA to trust.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Notification, Notifier, NotifyError, channel, message};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Implicit TLS (usually port 465).
+    Tls,
+    /// Plain, then STARTTLS (usually 587); refuses a server that does not offer it.
+    Starttls,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    Password,
+    None,
+}
+
+/// The server's SMTP settings (`smtp:` in the config file, `/api/v1/config/smtp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub from_addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<String>,
+    #[serde(default = "default_encryption")]
+    pub encryption: Encryption,
+    #[serde(default = "default_auth")]
+    pub auth: Auth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Write-only; sealed at rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A PEM file of a CA to trust besides the system's (a private mail server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+fn default_port() -> u16 {
+    587
+}
+fn default_encryption() -> Encryption {
+    Encryption::Starttls
+}
+fn default_auth() -> Auth {
+    Auth::None
+}
+
+impl SmtpSettings {
+    pub fn check(&self) -> Result<(), String> {
+        if self.host.trim().is_empty() {
+            return Err("`host` is required".into());
+        }
+        self.from_addr
+            .parse::<lettre::Address>()
+            .map_err(|e| format!("`from_addr`: {e}"))?;
+        if self.auth == Auth::Password && (self.username.is_none() || self.password.is_none()) {
+            return Err("`auth: password` needs `username` and `password`".into());
+        }
+        Ok(())
+    }
+
+    fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, NotifyError> {
+        let tls = || -> Result<TlsParameters, NotifyError> {
+            let mut b = TlsParameters::builder(self.host.clone());
+            if let Some(path) = &self.ca_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| NotifyError::permanent(format!("cannot read ca_file: {e}")))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| NotifyError::permanent(format!("ca_file: {e}")))?;
+                b = b.add_root_certificate(cert);
+            }
+            b.build()
+                .map_err(|e| NotifyError::permanent(format!("TLS settings: {e}")))
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
+            .port(self.port)
+            .timeout(Some(Duration::from_secs(20)));
+        builder = match self.encryption {
+            Encryption::Tls => builder.tls(Tls::Wrapper(tls()?)),
+            Encryption::Starttls => builder.tls(Tls::Required(tls()?)),
+            Encryption::None => builder.tls(Tls::None),
+        };
+        if self.auth == Auth::Password
+            && let (Some(u), Some(p)) = (&self.username, &self.password)
+        {
+            builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+        }
+        Ok(builder.build())
+    }
+
+    /// Sends one message; every SMTP failure is worth retrying (a wrong password gets fixed).
+    pub async fn send(
+        &self,
+        to: &[String],
+        subject: &str,
+        text: String,
+        html: Option<String>,
+    ) -> Result<(), NotifyError> {
+        let from_addr = self
+            .from_addr
+            .parse()
+            .map_err(|e| NotifyError::permanent(format!("from_addr: {e}")))?;
+        let mut b = Message::builder()
+            .from(Mailbox::new(self.from_name.clone(), from_addr))
+            .subject(subject);
+        for addr in to {
+            let mailbox: Mailbox = addr
+                .parse()
+                .map_err(|e| NotifyError::permanent(format!("`{addr}`: {e}")))?;
+            b = b.to(mailbox);
+        }
+        let message = match html {
+            Some(html) => b.multipart(MultiPart::alternative_plain_html(text, html)),
+            None => b.singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(text),
+            ),
+        }
+        .map_err(|e| NotifyError::permanent(format!("cannot build the message: {e}")))?;
+        self.transport()?
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| NotifyError::retry(format!("SMTP: {e}")))
+    }
+}
+
+/// The server's SMTP settings with the password opened, shared with the API that changes them.
+pub type SharedSmtp = Arc<RwLock<Option<SmtpSettings>>>;
+
+pub struct Email {
+    pub smtp: SharedSmtp,
+}
+
+const HTML: &str = include_str!("email.html");
+
+/// The HTML part: the same facts as the text, laid out for a mail reader, every value escaped.
+pub fn html(n: &Notification) -> Result<String, String> {
+    let t = tellify_core::template::Templates::compile([("email.html".to_owned(), HTML)])
+        .map_err(|e| e.to_string())?;
+    let alerts: Vec<Value> = n
+        .alerts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "alert": a,
+                "facts": Notification::facts(a),
+                "colour": match a.severity.as_str() { "critical" => "#b00020", "error" => "#d9480f", "warning" => "#e8a300", _ => "#1c7ed6" },
+            })
+        })
+        .collect();
+    let ctx = tellify_core::template::to_value(serde_json::json!({
+        "title": n.title(), "trigger": message::trigger_word(n.trigger), "digest": n.digest, "alerts": alerts,
+    }));
+    Ok(t.render("email.html", &ctx)?.unwrap_or_default())
+}
+
+#[async_trait::async_trait]
+impl Notifier for Email {
+    async fn send(
+        &self,
+        settings: &Map<String, Value>,
+        n: &Notification,
+    ) -> Result<(), NotifyError> {
+        let smtp = self
+            .smtp
+            .read()
+            .map_err(|_| NotifyError::retry("SMTP settings unavailable"))?
+            .clone()
+            .ok_or_else(|| {
+                NotifyError::retry("the server has no SMTP settings (PUT /api/v1/config/smtp)")
+            })?;
+        let to = channel::recipients(settings.get("to")).map_err(NotifyError::permanent)?;
+        let html = match settings.get("format").and_then(Value::as_str) {
+            Some("text") => None,
+            _ => Some(html(n).map_err(NotifyError::permanent)?),
+        };
+        smtp.send(&to, &n.title(), n.text(), html).await
+    }
+}
