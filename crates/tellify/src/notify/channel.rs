@@ -57,6 +57,31 @@ pub const KINDS: &[Kind] = &[
         optional: &["format"],
         secrets: &[],
     },
+    // The URL may carry credentials, so it is a secret.
+    Kind {
+        name: "nats",
+        required: &["url", "topic"],
+        optional: &[],
+        secrets: &["url"],
+    },
+    Kind {
+        name: "redis",
+        required: &["url", "topic"],
+        optional: &["mode"],
+        secrets: &["url"],
+    },
+    Kind {
+        name: "mqtt",
+        required: &["url", "topic"],
+        optional: &["qos", "username", "password"],
+        secrets: &["url", "password"],
+    },
+    Kind {
+        name: "amqp",
+        required: &["url", "topic"],
+        optional: &["exchange"],
+        secrets: &["url"],
+    },
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
@@ -128,6 +153,36 @@ pub fn validate(kind_name: &str, settings: &Map<String, Value>) -> Result<(), St
             }
             check_url(settings, "url")?;
             recipients(settings.get("to")).map_err(|e| format!("`to`: {e}"))?;
+        }
+        "nats" | "redis" | "mqtt" | "amqp" => {
+            for f in ["url", "topic", "mode", "username", "password", "exchange"] {
+                string(f)?;
+            }
+            let schemes: &[&str] = match kind_name {
+                "nats" => &["nats://", "tls://"],
+                "redis" => &["redis://", "rediss://"],
+                "mqtt" => &["mqtt://", "tcp://"],
+                _ => &["amqp://", "amqps://"],
+            };
+            if let Some(url) = settings.get("url").and_then(Value::as_str)
+                && url != HIDDEN
+                && !SecretBox::is_sealed(url)
+                && !schemes.iter().any(|s| url.starts_with(s))
+            {
+                return Err(format!("`url` must start with {}", schemes.join(" or ")));
+            }
+            if let Some(mode) = settings.get("mode")
+                && mode != "stream"
+                && mode != "pubsub"
+            {
+                return Err("`mode` must be `stream` or `pubsub`".into());
+            }
+            if let Some(q) = settings.get("qos")
+                && q != 0
+                && q != 1
+            {
+                return Err("`qos` must be 0 or 1".into());
+            }
         }
         "email" => {
             let to = recipients(settings.get("to")).map_err(|e| format!("`to`: {e}"))?;

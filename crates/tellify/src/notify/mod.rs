@@ -6,9 +6,13 @@
 //! channel stops hammering a receiver that keeps failing. Deliveries are sent at least once:
 //! a crash between sending and recording leaves them `sending`, and they go again at start.
 
+pub mod amqp;
 pub mod channel;
 pub mod email;
 pub mod message;
+pub mod mqtt;
+pub mod nats;
+pub mod redis;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -164,6 +168,10 @@ pub fn notifiers(
     let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
     out.insert("webhook", Arc::new(webhook::Webhook { http }));
     out.insert("email", Arc::new(email::Email { smtp }));
+    out.insert("nats", Arc::new(nats::Nats));
+    out.insert("redis", Arc::new(redis::Redis));
+    out.insert("mqtt", Arc::new(mqtt::Mqtt));
+    out.insert("amqp", Arc::new(amqp::Amqp));
     out
 }
 

@@ -2,6 +2,8 @@
 //! directory and an injected clock, talked to over HTTP.
 
 mod harness;
+
+mod brokers;
 mod receiver;
 
 mod cli;
