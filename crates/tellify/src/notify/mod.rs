@@ -8,6 +8,7 @@
 
 pub mod channel;
 pub mod message;
+pub mod slack;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -229,6 +230,7 @@ pub struct Worker {
 pub fn notifiers(http: reqwest::Client) -> HashMap<&'static str, Arc<dyn Notifier>> {
     let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
     out.insert("webhook", Arc::new(webhook::Webhook { http: http.clone() }));
+    out.insert("slack", Arc::new(slack::Slack { http: http.clone() }));
     out
 }
 
