@@ -9,6 +9,7 @@
 pub mod channel;
 pub mod message;
 pub mod slack;
+pub mod teams;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -231,6 +232,7 @@ pub fn notifiers(http: reqwest::Client) -> HashMap<&'static str, Arc<dyn Notifie
     let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
     out.insert("webhook", Arc::new(webhook::Webhook { http: http.clone() }));
     out.insert("slack", Arc::new(slack::Slack { http: http.clone() }));
+    out.insert("teams", Arc::new(teams::Teams { http: http.clone() }));
     out
 }
 
