@@ -8,6 +8,7 @@
 
 pub mod channel;
 pub mod message;
+pub mod pagerduty;
 pub mod slack;
 pub mod teams;
 pub mod webhook;
@@ -233,6 +234,10 @@ pub fn notifiers(http: reqwest::Client) -> HashMap<&'static str, Arc<dyn Notifie
     out.insert("webhook", Arc::new(webhook::Webhook { http: http.clone() }));
     out.insert("slack", Arc::new(slack::Slack { http: http.clone() }));
     out.insert("teams", Arc::new(teams::Teams { http: http.clone() }));
+    out.insert(
+        "pagerduty",
+        Arc::new(pagerduty::PagerDuty { http: http.clone() }),
+    );
     out
 }
 
