@@ -10,6 +10,7 @@ pub mod channel;
 pub mod message;
 pub mod pagerduty;
 pub mod slack;
+pub mod sms;
 pub mod teams;
 pub mod webhook;
 
@@ -238,6 +239,7 @@ pub fn notifiers(http: reqwest::Client) -> HashMap<&'static str, Arc<dyn Notifie
         "pagerduty",
         Arc::new(pagerduty::PagerDuty { http: http.clone() }),
     );
+    out.insert("sms", Arc::new(sms::Sms { http }));
     out
 }
 
