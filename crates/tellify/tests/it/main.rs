@@ -4,6 +4,7 @@
 mod harness;
 mod receiver;
 
+mod channels;
 mod cli;
 mod core_flows;
 mod crash;
