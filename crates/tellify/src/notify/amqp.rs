@@ -6,8 +6,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Map, Value};
 
-use super::nats::setting;
-use super::{Notification, Notifier, NotifyError, webhook};
+use super::{Notification, Notifier, NotifyError, setting, webhook};
 
 pub struct Amqp;
 

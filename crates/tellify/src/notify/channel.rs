@@ -146,6 +146,14 @@ pub fn validate(kind_name: &str, settings: &Map<String, Value>) -> Result<(), St
             string("routing_key")?;
             string("url")?;
             check_url(settings, "url")?;
+            // PagerDuty refuses any other key with a 400: say so now, not in a dead delivery.
+            if let Some(key) = settings.get("routing_key").and_then(Value::as_str)
+                && key != HIDDEN
+                && !SecretBox::is_sealed(key)
+                && key.chars().count() != 32
+            {
+                return Err("`routing_key` must be the 32 characters of an integration key".into());
+            }
         }
         "sms" => {
             for f in ["url", "account", "from", "token"] {
@@ -396,6 +404,16 @@ mod tests {
                 &map(json!({"webhook_url": "https://x", "card": "fancy"}))
             )
             .is_err()
+        );
+        let key = "R0UT1NGKEY0123456789abcdefABCDEF";
+        assert!(validate("pagerduty", &map(json!({"routing_key": key}))).is_ok());
+        assert!(validate("pagerduty", &map(json!({"routing_key": "short"}))).is_err());
+        assert!(
+            validate(
+                "sms",
+                &map(json!({"url": "https://x", "account": "AC1", "from": "+1", "to": "+2, +3"}))
+            )
+            .is_ok()
         );
     }
 }

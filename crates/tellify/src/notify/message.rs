@@ -160,3 +160,32 @@ pub fn truncate(s: &str, max: usize) -> String {
     out.push('…');
     out
 }
+
+/// Alerts and notifications for the notifiers' unit tests.
+#[cfg(test)]
+pub mod sample {
+    use super::*;
+
+    /// A firing critical alert with a label and a link.
+    pub fn alert(key: &str) -> Alert {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("01J-{key}"), "rule": "disk-full", "owner": "admin", "key": key,
+            "status": "firing", "severity": "critical", "summary": format!("{key} at 95%"),
+            "body": "", "value": 95.0, "labels": {"site": "berlin"},
+            "links": {"Runbook": "https://runbooks.example/disk"}, "source": "disk", "run": null,
+            "first_seen": 1_795_600_800_000i64, "fired_at": 1_795_600_800_000i64,
+            "last_seen": 1_795_600_860_000i64, "resolved_at": null, "resolve_reason": null,
+            "count": 2, "acked_by": null, "acked_at": null,
+        }))
+        .expect("a valid alert")
+    }
+
+    pub fn notification(trigger: Trigger, alerts: Vec<Alert>) -> Notification {
+        Notification {
+            id: "delivery-1".into(),
+            trigger,
+            digest: alerts.len() > 1,
+            alerts,
+        }
+    }
+}

@@ -12,7 +12,11 @@ pub mod email;
 pub mod message;
 pub mod mqtt;
 pub mod nats;
+pub mod pagerduty;
 pub mod redis;
+pub mod slack;
+pub mod sms;
+pub mod teams;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -103,6 +107,76 @@ pub trait Notifier: Send + Sync {
     ) -> Result<(), NotifyError>;
 }
 
+/// A required string setting; its absence is permanent (validation should have caught it).
+pub fn setting<'a>(settings: &'a Map<String, Value>, name: &str) -> Result<&'a str, NotifyError> {
+    settings
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| NotifyError::permanent(format!("the channel has no `{name}`")))
+}
+
+/// Sends one request of a notification with Tellify's user agent and an idempotency key, and
+/// turns a transport failure or a non-2xx answer into an error that says whether to retry.
+pub async fn send_http(
+    req: reqwest::RequestBuilder,
+    idempotency_key: &str,
+) -> Result<reqwest::Response, NotifyError> {
+    let resp = req
+        .header("Idempotency-Key", idempotency_key)
+        .header(
+            reqwest::header::USER_AGENT,
+            concat!("Tellify/", env!("CARGO_PKG_VERSION")),
+        )
+        .send()
+        .await
+        .map_err(|e| NotifyError::from_reqwest(&e))?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let text = resp.text().await.unwrap_or_default();
+    Err(NotifyError::from_status(status, &headers, &text))
+}
+
+/// The outcome of a notification that takes several requests (one per recipient, or one per
+/// alert where the receiver knows no digest), sent in order: it is sent only if every request
+/// was.
+///
+/// A retryable failure stops the rest: the receiver is down or limiting us, and the whole
+/// notification goes again later (so the requests that did pass are repeated: at least once).
+/// A refusal does not stop the rest, so that one bad recipient or event does not silence the
+/// others; the notification then fails for good, naming what was refused.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    refused: Vec<String>,
+}
+
+impl Fanout {
+    /// Records how the request for `what` went; a retryable failure comes back at once.
+    pub fn record(&mut self, what: &str, sent: Result<(), NotifyError>) -> Result<(), NotifyError> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if e.retryable => Err(NotifyError {
+                message: format!("{what}: {}", e.message),
+                ..e
+            }),
+            Err(e) => {
+                self.refused.push(format!("{what}: {}", e.message));
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<(), NotifyError> {
+        if self.refused.is_empty() {
+            Ok(())
+        } else {
+            Err(NotifyError::permanent(self.refused.join("; ")))
+        }
+    }
+}
+
 /// Retry policy of the outbox.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -166,7 +240,14 @@ pub fn notifiers(
     smtp: email::SharedSmtp,
 ) -> HashMap<&'static str, Arc<dyn Notifier>> {
     let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
-    out.insert("webhook", Arc::new(webhook::Webhook { http }));
+    out.insert("webhook", Arc::new(webhook::Webhook { http: http.clone() }));
+    out.insert("slack", Arc::new(slack::Slack { http: http.clone() }));
+    out.insert("teams", Arc::new(teams::Teams { http: http.clone() }));
+    out.insert(
+        "pagerduty",
+        Arc::new(pagerduty::PagerDuty { http: http.clone() }),
+    );
+    out.insert("sms", Arc::new(sms::Sms { http }));
     out.insert("email", Arc::new(email::Email { smtp }));
     out.insert("nats", Arc::new(nats::Nats));
     out.insert("redis", Arc::new(redis::Redis));

@@ -6,8 +6,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Map, Value};
 
-use super::nats::setting;
-use super::{Notification, Notifier, NotifyError, webhook};
+use super::{Notification, Notifier, NotifyError, setting, webhook};
 
 pub struct Mqtt;
 

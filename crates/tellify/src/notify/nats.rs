@@ -2,16 +2,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{Notification, Notifier, NotifyError, webhook};
+use super::{Notification, Notifier, NotifyError, setting, webhook};
 
 pub struct Nats;
-
-pub fn setting<'a>(settings: &'a Map<String, Value>, field: &str) -> Result<&'a str, NotifyError> {
-    settings
-        .get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| NotifyError::permanent(format!("no `{field}`")))
-}
 
 #[async_trait::async_trait]
 impl Notifier for Nats {

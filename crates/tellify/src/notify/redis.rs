@@ -3,8 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::nats::setting;
-use super::{Notification, Notifier, NotifyError, webhook};
+use super::{Notification, Notifier, NotifyError, setting, webhook};
 
 pub struct Redis;
 

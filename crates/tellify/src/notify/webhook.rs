@@ -6,7 +6,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::{Notification, Notifier, NotifyError};
+use super::{Notification, Notifier, NotifyError, send_http};
 
 pub struct Webhook {
     pub http: reqwest::Client,
@@ -63,12 +63,7 @@ impl Notifier for Webhook {
         let mut req = self
             .http
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .header("Idempotency-Key", &n.id)
-            .header(
-                reqwest::header::USER_AGENT,
-                concat!("Tellify/", env!("CARGO_PKG_VERSION")),
-            );
+            .header(reqwest::header::CONTENT_TYPE, content_type);
         if let Some(secret) = settings.get("secret").and_then(Value::as_str) {
             req = req.header("X-Tellify-Signature", sign(secret, body.as_bytes()));
         }
@@ -79,17 +74,7 @@ impl Notifier for Webhook {
                 }
             }
         }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| NotifyError::from_reqwest(&e))?;
-        if resp.status().is_success() {
-            return Ok(());
-        }
-        let (status, headers) = (resp.status(), resp.headers().clone());
-        let text = resp.text().await.unwrap_or_default();
-        Err(NotifyError::from_status(status, &headers, &text))
+        send_http(req.body(body), &n.id).await.map(|_| ())
     }
 }
 

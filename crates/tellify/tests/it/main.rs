@@ -6,6 +6,7 @@ mod harness;
 mod brokers;
 mod receiver;
 
+mod channels;
 mod cli;
 mod core_flows;
 mod crash;

@@ -1,5 +1,6 @@
 //! A local HTTP receiver for notification tests: records every request and answers with the
-//! statuses it is told to, so tests can check real payloads and play a failing receiver.
+//! statuses (and JSON bodies) it is told to, so tests can check real payloads and play a
+//! failing receiver or a provider's documented answers.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,9 +36,18 @@ impl Received {
 struct Inner {
     received: Vec<Received>,
     /// Answers to give, in order; when empty, 200.
-    script: VecDeque<(u16, Option<u64>)>,
+    script: VecDeque<Answer>,
     /// Answer every request with this, once the script is empty.
     always: Option<u16>,
+    /// The JSON body of unscripted answers (else a short text).
+    always_json: Option<Value>,
+}
+
+/// One scripted answer: a status, a Retry-After in seconds, a JSON body.
+struct Answer {
+    status: u16,
+    retry_after: Option<u64>,
+    json: Option<Value>,
 }
 
 #[derive(Clone)]
@@ -58,14 +68,23 @@ async fn record(
         headers,
         body,
     });
-    let (status, retry_after) = inner
-        .script
-        .pop_front()
-        .unwrap_or((inner.always.unwrap_or(200), None));
-    let status = StatusCode::from_u16(status).expect("status");
-    match retry_after {
-        Some(s) => (status, [("retry-after", s.to_string())], "scripted").into_response(),
-        None => (
+    let answer = inner.script.pop_front().unwrap_or_else(|| Answer {
+        status: inner.always.unwrap_or(200),
+        retry_after: None,
+        json: inner.always_json.clone(),
+    });
+    let status = StatusCode::from_u16(answer.status).expect("status");
+    match (answer.retry_after, answer.json) {
+        (_, Some(json)) => {
+            let mut resp = (status, axum::Json(json)).into_response();
+            if let Some(s) = answer.retry_after {
+                resp.headers_mut()
+                    .insert("retry-after", s.to_string().parse().expect("header"));
+            }
+            resp
+        }
+        (Some(s), None) => (status, [("retry-after", s.to_string())], "scripted").into_response(),
+        (None, None) => (
             status,
             if status.is_success() {
                 "ok"
@@ -104,11 +123,35 @@ impl Receiver {
             .lock()
             .expect("lock")
             .script
-            .extend(answers.iter().copied());
+            .extend(answers.iter().map(|&(status, retry_after)| Answer {
+                status,
+                retry_after,
+                json: None,
+            }));
+    }
+
+    /// Answers the next requests with these statuses and JSON bodies.
+    pub fn script_json(&self, answers: &[(u16, Value)]) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .script
+            .extend(answers.iter().map(|(status, json)| Answer {
+                status: *status,
+                retry_after: None,
+                json: Some(json.clone()),
+            }));
     }
 
     pub fn always(&self, status: Option<u16>) {
         self.inner.lock().expect("lock").always = status;
+    }
+
+    /// Answers every unscripted request with this status and JSON body (as a provider does).
+    pub fn always_json(&self, status: u16, json: Value) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.always = Some(status);
+        inner.always_json = Some(json);
     }
 
     pub fn received(&self) -> Vec<Received> {
