@@ -125,3 +125,134 @@ async fn email_goes_through_starttls_with_auth_with_html_and_text_parts() {
     assert_eq!(status, StatusCode::OK);
     smtp.wait_for(5).await;
 }
+
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("time")
+        .timestamp_millis()
+}
+
+/// The seeds' disk-usage case: work email for > 90% in weekday working hours; home email and
+/// SMS only for >= 97% on evenings and weekends — in Berlin time, across the end of summer time
+/// (Sunday 2026-10-25, 03:00 CEST → 02:00 CET).
+#[tokio::test]
+async fn disk_usage_goes_to_work_by_day_and_home_and_sms_by_night_across_dst() {
+    let smtp = SmtpServer::start("mailer", "right-password");
+    let sms = crate::receiver::Receiver::start().await;
+    // Friday 2026-10-23 08:00 UTC is 10:00 in Berlin (CEST).
+    let mut server = Server::start_at(ms("2026-10-23T08:00:00Z"), &[]).await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/config/smtp",
+            &settings(&smtp, "right-password"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/users",
+            &json!({"name": "ann", "timezone": "Europe/Berlin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, token) = server
+        .post_json(ADMIN, "/api/v1/tokens", &json!({"user": "ann"}))
+        .await;
+    let ann = token["token"].as_str().expect("token").to_owned();
+    for (name, channel) in [
+        ("work", json!({"kind": "email", "to": ["ann@work.test"]})),
+        (
+            "home",
+            json!({"kind": "email", "to": ["ann@home.test"], "format": "text"}),
+        ),
+        (
+            "phone",
+            json!({"kind": "sms", "url": sms.url("/Accounts/AC1/Messages.json"), "account": "AC1", "token": "tok", "from": "+15550001", "to": "+4915550002"}),
+        ),
+    ] {
+        let (status, body) = server
+            .put_json(&ann, &format!("/api/v1/channels/{name}"), &channel)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let weekdays = json!(["mon", "tue", "wed", "thu", "fri"]);
+    let work_hours = json!({"days": weekdays, "from": "09:00", "to": "18:00"});
+    let off_hours = json!([{"days": weekdays, "from": "18:00", "to": "09:00"}, {"days": ["sat", "sun"], "from": "00:00", "to": "24:00"}]);
+    for sub in [
+        json!({"channel": "work", "rules": ["disk-usage-high"], "when": "alert.value > 90", "schedule": work_hours, "notify_on": ["fire"]}),
+        json!({"channel": "home", "rules": ["disk-usage-critical"], "when": "alert.value >= 97", "schedule": off_hours, "notify_on": ["fire"]}),
+        json!({"channel": "phone", "rules": ["disk-usage-critical"], "schedule": off_hours, "notify_on": ["fire"]}),
+    ] {
+        let (status, body) = server.post_json(&ann, "/api/v1/subscriptions", &sub).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    server
+        .rules_from(&ann, &crate::harness::example("disk.yaml"))
+        .await;
+    let disk =
+        |host: &str, fs: &str, pct: f64| format!("host:{host} fs:{fs} used_pct:{pct} kind:disk");
+    let to = |m: &serde_json::Value| m["to"][0].as_str().expect("to").to_owned();
+
+    // Friday 10:00: 93.5% held 5 minutes → work email.
+    server
+        .send(
+            &ann,
+            "disk",
+            "text/plain",
+            &disk("cadfs01", "/sarc/cad", 93.5),
+        )
+        .await;
+    server.advance("5m").await;
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(to(&mails[0]), "ann@work.test");
+
+    // Friday 19:00 (17:00 UTC): 97.4% → after 1 minute home email and SMS; work is asleep.
+    server.advance("8h55m").await;
+    server
+        .send(
+            &ann,
+            "disk",
+            "text/plain",
+            &disk("cadfs02", "/proj/vr0", 97.4),
+        )
+        .await;
+    server.advance("5m").await;
+    let mails = smtp.wait_for(2).await;
+    assert_eq!(to(&mails[1]), "ann@home.test");
+    let texts = sms.wait_for(1).await;
+    let body = String::from_utf8_lossy(&texts[0].body).to_string();
+    assert!(
+        body.contains("To=%2B4915550002") && body.contains("cadfs02"),
+        "{body}"
+    );
+
+    // Monday 2026-10-26 07:30 UTC: after the clocks went back that is 08:30 in Berlin, still
+    // off hours (with summer time it would be 09:30, work hours). A critical disk → home + SMS.
+    let monday_0730 = ms("2026-10-26T07:30:00Z");
+    let wait = monday_0730 - server.now;
+    server.advance(&format!("{wait}ms")).await;
+    server
+        .send(&ann, "disk", "text/plain", &disk("cadfs03", "/tmp", 99.0))
+        .await;
+    server.advance("5m").await;
+    let mails = smtp.wait_for(3).await;
+    assert_eq!(
+        to(&mails[2]),
+        "ann@home.test",
+        "08:35 in Berlin is before work"
+    );
+    sms.wait_for(2).await;
+
+    // Monday 08:30 UTC is 09:30 in Berlin: a > 90% disk → work email, no SMS.
+    server.advance("55m").await;
+    server
+        .send(&ann, "disk", "text/plain", &disk("cadfs04", "/home", 92.0))
+        .await;
+    server.advance("5m").await;
+    let mails = smtp.wait_for(4).await;
+    assert_eq!(to(&mails[3]), "ann@work.test");
+    sms.settle_at(2).await;
+    assert_eq!(smtp.messages().len(), 4, "nothing else was sent");
+}

@@ -43,6 +43,12 @@ impl Server {
         Self::start_with(&[]).await
     }
 
+    /// Starts with the clock at `now` (epoch ms) instead of [`T0`].
+    pub async fn start_at(now: i64, args: &[&str]) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), now)
+    }
+
     pub async fn start_with(args: &[&str]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), T0)
