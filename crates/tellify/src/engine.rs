@@ -43,6 +43,8 @@ pub enum Command {
     Events {
         events: Vec<StoredEvent>,
         claims: Vec<(String, String)>,
+        /// The ingest writer's room in this queue, handed back once the events are evaluated.
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// Saves a rule document (a rule, template or instance) for `owner`.
     PutRule {
@@ -295,20 +297,9 @@ impl Engine {
         self.evaluator.drain();
         self.evaluator.take_dirty();
         let snapshot = self.block_on(store.load_engine())?;
-        for alert in &snapshot.open {
-            let status = alert.status.parse().unwrap_or(Status::Firing);
-            self.evaluator.restore_open(
-                &AlertKey {
-                    id: alert.id.clone(),
-                    owner: alert.owner.clone(),
-                    rule: alert.rule.clone(),
-                    key: alert.key.clone(),
-                },
-                status,
-                alert.fired_at,
-                alert.acked_at.is_some(),
-                now,
-            );
+        for open in &snapshot.open {
+            self.evaluator
+                .restore_open(&open.alert, open.status, open.fired_at, open.acked, now);
         }
         let outbox = self.parts.outbox.clone();
         self.runtime
@@ -355,6 +346,7 @@ impl Engine {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             let mut events = Vec::new();
+            let mut permits = Vec::new();
             let mut next = first;
             // Events that queued up are evaluated together and committed once.
             while let Some(command) = next.take() {
@@ -362,11 +354,13 @@ impl Engine {
                     Command::Events {
                         events: batch,
                         claims,
+                        permit,
                     } => {
                         for (source, owner) in claims {
                             self.evaluator.access.set_source_if_new(&source, &owner);
                         }
                         events.extend(batch.into_iter().filter(|e| e.seq > self.checkpoint));
+                        permits.extend(permit);
                         if events.len() < MAX_BATCH_EVENTS {
                             next = rx.try_recv().ok();
                         }
@@ -380,6 +374,7 @@ impl Engine {
                     other => {
                         if !events.is_empty() {
                             self.evaluate(std::mem::take(&mut events));
+                            permits.clear();
                         }
                         self.handle(other);
                     }
@@ -388,6 +383,7 @@ impl Engine {
             if !events.is_empty() {
                 self.evaluate(events);
             }
+            drop(permits);
             self.evaluator.advance(self.parts.clock.now());
             self.commit_pending(None, Vec::new());
             self.release_silences();

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, error};
 
 use crate::engine::{Command, EngineHandle};
@@ -21,6 +21,10 @@ use crate::store::{EventBatch, NewEvent, Store, StoredEvent, User};
 
 /// Events written per transaction at most; more wait for the next one.
 const MAX_GROUP_EVENTS: usize = 50_000;
+/// Events stored but not yet evaluated that the engine's queue may hold. Past that the writer
+/// waits for the engine before storing more: ingest slows to the engine's pace instead of the
+/// queue (and the server's memory) growing for as long as events come faster than rules run.
+const MAX_ENGINE_LAG: usize = 20_000;
 
 /// A stream of events from outside (a broker topic). HTTP ingest is the endpoint in [`http`];
 /// broker sources implement this and run until shutdown.
@@ -86,7 +90,8 @@ impl Ingest {
         owners: Owners,
     ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer(rx, store, engine, metrics, owners.clone()));
+        let lag = Arc::new(Semaphore::new(MAX_ENGINE_LAG));
+        tokio::spawn(writer(rx, store, engine, metrics, owners.clone(), lag));
         Self { tx, owners }
     }
 
@@ -136,6 +141,7 @@ async fn writer(
     engine: EngineHandle,
     metrics: Arc<Metrics>,
     owners: Owners,
+    lag: Arc<Semaphore>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -149,7 +155,20 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let batches: Vec<EventBatch> = jobs.iter().map(|j| j.batch.clone()).collect();
+        // Room in the engine's queue; the engine hands it back once it has evaluated them.
+        let want = u32::try_from(total.min(MAX_ENGINE_LAG)).expect("at most MAX_ENGINE_LAG");
+        let Ok(permit) = lag.clone().acquire_many_owned(want).await else {
+            return;
+        };
+        // The events move on to the engine uncopied; only the replies stay here.
+        let mut replies = Vec::with_capacity(jobs.len());
+        let batches: Vec<EventBatch> = jobs
+            .into_iter()
+            .map(|j| {
+                replies.push((j.reply, j.batch.events.len()));
+                j.batch
+            })
+            .collect();
         let span = tracing::debug_span!("ingest", requests = batches.len(), events = total);
         match store.append_events(&batches).instrument(span).await {
             Ok(seqs) => {
@@ -179,15 +198,16 @@ async fn writer(
                 engine.send(Command::Events {
                     events: stored,
                     claims,
+                    permit: Some(permit),
                 });
-                for job in jobs {
-                    let _ = job.reply.send(Ok(job.batch.events.len()));
+                for (reply, n) in replies {
+                    let _ = reply.send(Ok(n));
                 }
             }
             Err(e) => {
                 error!(message = "Failed to store events.", error = %format!("{e:#}"));
-                for job in jobs {
-                    let _ = job.reply.send(Err(
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(
                         "the events could not be stored; nothing was kept, try again".to_owned(),
                     ));
                 }

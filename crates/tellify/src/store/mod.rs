@@ -196,7 +196,18 @@ pub struct HistoryFilter {
 pub struct EngineSnapshot {
     pub checkpoint: i64,
     pub states: Vec<(String, String, String, Value)>,
-    pub open: Vec<Alert>,
+    /// The open alerts: only which they are and what repeats need (whole rows of many alerts
+    /// would take far more memory than the engine keeps of them).
+    pub open: Vec<OpenAlert>,
+}
+
+/// An open alert as the engine restores it.
+#[derive(Debug, Clone)]
+pub struct OpenAlert {
+    pub alert: tellify_core::alert::AlertKey,
+    pub status: Status,
+    pub fired_at: Option<i64>,
+    pub acked: bool,
 }
 
 /// One engine batch, committed atomically.

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -29,7 +30,15 @@ const EVENT_CHUNK: usize = 1_000;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Taken around the transactions of the steady writers (the ingest writer, the engine, the
+    /// delivery worker). SQLite allows one writer at a time and makes the others wait in its
+    /// busy handler, which sleeps (1, 2, 5, … up to 100 ms) instead of waking when the lock
+    /// frees; queueing here hands the database over as soon as the other commit ends.
+    writes: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// Alerts read back per query after an engine commit.
+const ALERT_CHUNK: usize = 500;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -60,6 +69,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// Waits for the write turn (see `writes`).
+    pub(super) async fn writing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
+    }
+
     async fn connect(options: SqliteConnectOptions) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -70,7 +84,10 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("Failed to migrate the SQLite database")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 }
 
@@ -307,9 +324,11 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
     }
 }
 
-/// One engine batch in one SQLite transaction.
+/// One engine batch in one SQLite transaction. Fields drop in order: the transaction rolls
+/// back (if unfinished) before the write turn is handed on.
 pub struct SqliteEngineTx {
     tx: Transaction<'static, Sqlite>,
+    _writing: tokio::sync::OwnedMutexGuard<()>,
 }
 
 #[async_trait::async_trait]
@@ -442,18 +461,20 @@ impl EngineTx for SqliteEngineTx {
                 .execute(&mut **tx)
                 .await?;
         }
-        // Read the changed alerts inside the transaction: they feed the deliveries written in it.
+        // Read the changed alerts inside the transaction (they feed the deliveries written in
+        // it), a few hundred per query: one query per alert made opening many costly.
         touched.sort();
         touched.dedup();
         let mut alerts = Vec::with_capacity(touched.len());
-        for id in touched {
-            if let Some(row) = sqlx::query("SELECT * FROM alerts WHERE id = ?")
-                .bind(&id)
-                .fetch_optional(&mut **tx)
-                .await?
-            {
-                alerts.push(alert_row(&row));
+        for ids in touched.chunks(ALERT_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT * FROM alerts WHERE id IN (");
+            let mut list = qb.separated(", ");
+            for id in ids {
+                list.push_bind(id);
             }
+            qb.push(") ORDER BY id");
+            alerts.extend(qb.build().fetch_all(&mut **tx).await?.iter().map(alert_row));
         }
         Ok(alerts)
     }
@@ -592,6 +613,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_events(&self, batches: &[EventBatch]) -> Result<Vec<i64>> {
+        let _writing = self.writes.lock().await;
         let mut tx = self.pool.begin().await?;
         let mut seqs = Vec::new();
         for batch in batches {
@@ -724,12 +746,19 @@ impl Store for SqliteStore {
                 )
             })
             .collect();
-        let open = sqlx::query("SELECT * FROM alerts WHERE status != 'resolved'")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(alert_row)
-            .collect();
+        let open = sqlx::query(
+            "SELECT id, owner, rule, key, status, fired_at, acked_at FROM alerts WHERE status != 'resolved'",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| super::OpenAlert {
+            alert: AlertKey { id: r.get("id"), owner: r.get("owner"), rule: r.get("rule"), key: r.get("key") },
+            status: r.get::<&str, _>("status").parse().unwrap_or(Status::Firing),
+            fired_at: r.get("fired_at"),
+            acked: r.get::<Option<i64>, _>("acked_at").is_some(),
+        })
+        .collect();
         Ok(EngineSnapshot {
             checkpoint,
             states,
@@ -738,8 +767,10 @@ impl Store for SqliteStore {
     }
 
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>> {
+        let writing = self.writes.clone().lock_owned().await;
         Ok(Box::new(SqliteEngineTx {
             tx: self.pool.begin().await?,
+            _writing: writing,
         }))
     }
 

@@ -258,6 +258,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn claim_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Delivery>> {
+        let _writing = self.writing().await;
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(
             "UPDATE deliveries SET status = 'sending'
@@ -280,6 +281,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn finish_deliveries(&self, ids: &[String], outcome: &DeliveryOutcome) -> Result<()> {
+        let _writing = self.writing().await;
         let mut tx = self.pool().begin().await?;
         for id in ids {
             let q = match outcome {
