@@ -930,7 +930,171 @@ fn pause(srv: &Server) {
     }
 }
 
-const SCENARIOS: [&str; 5] = ["rules-http", "batch", "unindexed", "single", "rss"];
+// ---------------------------------------------------------------------------------------------
+// Notifications: event sent → webhook received
+
+/// A webhook receiver in this process: notes when each alert's notification arrives.
+async fn receiver() -> (String, Arc<Mutex<Vec<(String, Instant)>>>) {
+    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let sink = arrivals.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let sink = sink.clone();
+        async move {
+            let at = Instant::now();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let key = v["alert"]["key"].as_str().unwrap_or_default().to_owned();
+            sink.lock().expect("lock").push((key, at));
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, arrivals)
+}
+
+async fn wait_arrivals(
+    arrivals: &Mutex<Vec<(String, Instant)>>,
+    n: usize,
+    deadline: Duration,
+) -> bool {
+    let until = Instant::now() + deadline;
+    while arrivals.lock().expect("lock").len() < n {
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Events paced at 1,000/s, each opening an alert whose rule notifies a local webhook: the time
+/// from sending the event to the webhook receiving its notification; then as many as the
+/// server takes, for the deliveries per second it sustains.
+async fn notify(report: &mut Report) {
+    const RATE: usize = 1_000;
+    const SECONDS: usize = 10;
+    const BURST: usize = 20_000;
+    let (srv, _) = Server::start(None);
+    let (url, arrivals) = receiver().await;
+    let resp = srv
+        .http
+        .put(format!("{}/api/v1/channels/hook", srv.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"kind": "webhook", "url": url}))
+        .send()
+        .await
+        .expect("PUT channel answers");
+    assert!(resp.status().is_success(), "channel: {}", resp.status());
+    srv.put_rule(&serde_json::json!({"name": "each", "source": "metrics", "when": "true", "group_by": ["id"], "notify": ["hook"]}))
+        .await;
+
+    let n = RATE * SECONDS;
+    let bodies = events(n, 1_000, 3, 7);
+    let mut sent: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE as u64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    for (k, body) in bodies.into_iter().enumerate() {
+        tick.tick().await;
+        sent.insert(format!("ev-{k:09}"), Instant::now());
+        let http = srv.http.clone();
+        let post = format!("{}/api/v1/events?source=metrics", srv.base);
+        tokio::spawn(async move {
+            let r = http
+                .post(post)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("POST answers");
+            assert_eq!(r.status().as_u16(), 202);
+        });
+    }
+    let paced = started.elapsed();
+    let arrived = wait_arrivals(&arrivals, n, Duration::from_secs(120)).await;
+    let mut lat: Vec<f64> = arrivals
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|(key, at)| {
+            sent.get(key)
+                .map(|s| at.duration_since(*s).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "  notify: {n} events at {:.0}/s; {} notifications; event → webhook p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        n as f64 / paced.as_secs_f64(),
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    report.rows.push(Row {
+        scenario: "notify: event → webhook, 1,000 ev/s".into(),
+        rules: 1,
+        events: n,
+        accepted: Some(n as f64 / paced.as_secs_f64()),
+        evaluated: None,
+        note: format!(
+            "{}p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            if arrived { "" } else { "NOT ALL ARRIVED; " },
+            pct(0.5),
+            pct(0.99),
+            lat.last().copied().unwrap_or(f64::NAN)
+        ),
+    });
+
+    // Sustained: a burst of alerts in NDJSON batches; deliveries/s until the last arrives.
+    let before = arrivals.lock().expect("lock").len();
+    let burst = events(BURST, 1_000, 3, 8)
+        .into_iter()
+        .enumerate()
+        .map(|(k, e)| e.replace("\"id\":\"ev-", &format!("\"id\":\"burst-{k}-")))
+        .collect::<Vec<_>>();
+    let started = Instant::now();
+    let sent = send_batches(&srv, ndjson_batches(&burst, 500), 4).await;
+    let done = wait_arrivals(&arrivals, before + BURST, Duration::from_secs(300)).await;
+    let took = started.elapsed();
+    println!(
+        "  notify burst: {BURST} alerts accepted in {:.2} s; delivered in {:.2} s = {:.0} deliveries/s",
+        sent.accepted.duration_since(sent.started).as_secs_f64(),
+        took.as_secs_f64(),
+        BURST as f64 / took.as_secs_f64()
+    );
+    report.rows.push(Row {
+        scenario: "notify: deliveries sustained".into(),
+        rules: 1,
+        events: BURST,
+        accepted: Some(BURST as f64 / sent.accepted.duration_since(sent.started).as_secs_f64()),
+        evaluated: None,
+        note: format!(
+            "{}{:.0} deliveries/s to a local webhook",
+            if done { "" } else { "NOT ALL ARRIVED; " },
+            BURST as f64 / took.as_secs_f64()
+        ),
+    });
+}
+
+const SCENARIOS: [&str; 6] = [
+    "rules-http",
+    "batch",
+    "unindexed",
+    "single",
+    "rss",
+    "notify",
+];
 
 fn main() {
     // `cargo bench` passes `--bench`; without it (`cargo test --benches`) nothing is loaded.
@@ -964,6 +1128,7 @@ fn main() {
                 "unindexed" => unindexed(&mut report).await,
                 "single" => single(&mut report).await,
                 "rss" => rss(&mut report).await,
+                "notify" => notify(&mut report).await,
                 _ => unreachable!("checked above"),
             }
         }

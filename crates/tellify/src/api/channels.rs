@@ -266,6 +266,7 @@ pub async fn test_channel(
         trigger: Trigger::Fire,
         alerts: vec![alert],
         digest: false,
+        format: None,
     };
     match notifier.send(&settings, &n).await {
         Ok(()) => Ok(Json(json!({ "sent": true }))),

@@ -192,10 +192,27 @@ impl Notifier for Email {
                 NotifyError::retry("the server has no SMTP settings (PUT /api/v1/config/smtp)")
             })?;
         let to = channel::recipients(settings.get("to")).map_err(NotifyError::permanent)?;
-        let html = match settings.get("format").and_then(Value::as_str) {
-            Some("text") => None,
-            _ => Some(html(n).map_err(NotifyError::permanent)?),
-        };
-        smtp.send(&to, &n.title(), n.text(), html).await
+        use tellify_core::subscription::MessageFormat;
+        // The subscription's format wins over the channel's; html (text + HTML parts) by default.
+        let format = n
+            .format
+            .unwrap_or(match settings.get("format").and_then(Value::as_str) {
+                Some("text") => MessageFormat::Text,
+                _ => MessageFormat::Html,
+            });
+        match format {
+            MessageFormat::Html => {
+                smtp.send(
+                    &to,
+                    &n.title(),
+                    n.text(),
+                    Some(html(n).map_err(NotifyError::permanent)?),
+                )
+                .await
+            }
+            MessageFormat::Text => smtp.send(&to, &n.title(), n.text(), None).await,
+            // For a pager or a phone's mail: the one line as subject and body.
+            MessageFormat::Short => smtp.send(&to, &n.short(), n.short(), None).await,
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! links). Each channel lays these out in its own format.
 
 use chrono::{TimeZone, Utc};
-use tellify_core::subscription::Trigger;
+use tellify_core::subscription::{MessageFormat, Trigger};
 
 use crate::store::Alert;
 
@@ -15,6 +15,8 @@ pub struct Notification {
     pub trigger: Trigger,
     pub alerts: Vec<Alert>,
     pub digest: bool,
+    /// The subscription's `format`, if it chose one; else the channel's default.
+    pub format: Option<MessageFormat>,
 }
 
 pub fn trigger_word(trigger: Trigger) -> &'static str {
@@ -186,6 +188,7 @@ pub mod sample {
             trigger,
             digest: alerts.len() > 1,
             alerts,
+            format: None,
         }
     }
 }

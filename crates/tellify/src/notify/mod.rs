@@ -445,6 +445,10 @@ impl Worker {
             trigger,
             alerts,
             digest: first.digest.is_some(),
+            format: first
+                .format
+                .as_deref()
+                .and_then(|f| serde_json::from_value(Value::String(f.to_owned())).ok()),
         };
         match tokio::time::timeout(Duration::from_secs(30), notifier.send(&settings, &n)).await {
             Ok(result) => result,

@@ -124,6 +124,41 @@ async fn email_goes_through_starttls_with_auth_with_html_and_text_parts() {
         .await;
     assert_eq!(status, StatusCode::OK);
     smtp.wait_for(5).await;
+
+    // A subscription may choose the short form: one line as subject and body, no HTML.
+    let (status, body) = server
+        .post_json(ADMIN, "/api/v1/subscriptions", &json!({"channel": "mail", "format": "short", "rules": ["disk"], "notify_on": ["resolve"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = server.alerts(ADMIN, "status=firing").await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, _) = server
+        .request(
+            Method::POST,
+            ADMIN,
+            &format!("/api/v1/alerts/{id}/resolve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mails = smtp.wait_for(7).await;
+    let short: Vec<&str> = mails[5..]
+        .iter()
+        .map(|m| m["data"].as_str().expect("data"))
+        .filter(|d| !d.contains("multipart"))
+        .collect();
+    assert_eq!(
+        short.len(),
+        1,
+        "one short mail besides the rule's own html one"
+    );
+    assert!(
+        short[0].contains("Subject: RESOLVED CRITICAL cad0"),
+        "{}",
+        short[0]
+    );
 }
 
 fn ms(rfc3339: &str) -> i64 {

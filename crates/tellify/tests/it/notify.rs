@@ -576,3 +576,60 @@ async fn notification_settings_are_validated_and_private() {
     assert_eq!(channels["channels"].as_array().expect("list").len(), 1);
     assert_eq!(channels["channels"][0]["url"], "***");
 }
+
+#[tokio::test]
+async fn a_digest_at_six_holds_overnight_alerts_until_six_local() {
+    // 2026-11-25T21:30:00Z is 22:30 in Berlin (CET, UTC+1).
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-25T21:30:00Z")
+        .expect("time")
+        .timestamp_millis();
+    let mut server = Server::start_at(start, &[]).await;
+    let receiver = Receiver::start().await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/users",
+            &json!({"name": "ann", "timezone": "Europe/Berlin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, token) = server
+        .post_json(ADMIN, "/api/v1/tokens", &json!({"user": "ann"}))
+        .await;
+    let ann = token["token"].as_str().expect("token").to_owned();
+    hook(&server, &ann, "morning", &receiver, None).await;
+    subscribe(
+        &server,
+        &ann,
+        json!({"channel": "morning", "digest": {"at": ["06:00"]}, "notify_on": ["fire"]}),
+    )
+    .await;
+    server
+        .rule(
+            &ann,
+            json!({"name": "m", "source": "s", "when": "true", "group_by": ["n"]}),
+        )
+        .await;
+    for n in 0..3 {
+        server
+            .send(&ann, "s", "application/json", &json!({"n": n}).to_string())
+            .await;
+        server.advance("2h").await; // 22:30, 00:30, 02:30 local
+    }
+    // 04:30 local now; 05:59 local is 04:59 UTC.
+    server.advance("1h29m").await;
+    receiver.settle_at(0).await;
+    let held = server.deliveries(&ann, "status=held").await;
+    assert_eq!(held.len(), 3);
+    let due = chrono::DateTime::parse_from_rfc3339("2026-11-26T05:00:00Z")
+        .expect("time")
+        .timestamp_millis();
+    assert!(
+        held.iter().all(|d| d["next_attempt_at"] == due),
+        "06:00 Berlin is 05:00 UTC: {held:#?}"
+    );
+    server.advance("1m").await;
+    let got = receiver.wait_for(1).await;
+    receiver.settle_at(1).await;
+    assert_eq!(got[0].json()["alerts"].as_array().expect("alerts").len(), 3);
+}
