@@ -260,10 +260,14 @@ impl Outbox for SqliteStore {
     async fn claim_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Delivery>> {
         let _writing = self.writing().await;
         let mut tx = self.pool().begin().await?;
+        // A digest is claimed whole, however many alerts it holds, so it goes as one message.
         let rows = sqlx::query(
             "UPDATE deliveries SET status = 'sending'
-             WHERE id IN (SELECT id FROM deliveries WHERE status IN ('pending', 'held') AND next_attempt_at <= ?
-                          ORDER BY next_attempt_at LIMIT ?)
+             WHERE status IN ('pending', 'held') AND (
+                 id IN (SELECT id FROM deliveries WHERE status IN ('pending', 'held') AND next_attempt_at <= ?1
+                        ORDER BY next_attempt_at LIMIT ?2)
+                 OR digest IN (SELECT digest FROM deliveries WHERE status = 'held' AND digest IS NOT NULL
+                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2))
              RETURNING *",
         )
         .bind(now)

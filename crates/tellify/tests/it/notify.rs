@@ -483,6 +483,23 @@ async fn a_one_minute_digest_gangs_twenty_alerts_into_one_message() {
     server
         .deliveries_until(ADMIN, "status=sent", |d| d.len() == 20)
         .await;
+
+    // A digest larger than the worker's claim (64) still goes as one message.
+    let events: Vec<String> = (100..200).map(|n| json!({"n": n}).to_string()).collect();
+    server
+        .send(ADMIN, "s", "application/x-ndjson", &events.join("\n"))
+        .await;
+    server.settle().await;
+    server
+        .deliveries_until(ADMIN, "status=held", |d| d.len() == 100)
+        .await;
+    server.advance("1m").await;
+    let got = receiver.wait_for(2).await;
+    receiver.settle_at(2).await;
+    assert_eq!(
+        got[1].json()["alerts"].as_array().expect("alerts").len(),
+        100
+    );
 }
 
 #[tokio::test]
