@@ -276,7 +276,16 @@ pub fn parse_doc(value: Value) -> Result<RuleDoc, RuleError> {
 
 /// Parses one or more rule documents (`---` between) from YAML.
 pub fn parse_yaml(text: &str) -> Result<Vec<RuleDoc>, RuleError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+    // The parser's default budget (1,024 documents) is for config files; a rule pack may hold
+    // thousands of rules, so the document and node counts scale up while the depth and alias
+    // guards against hostile YAML stay as they are.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 100_000;
+    budget.max_nodes = 10_000_000;
+    budget.max_events = 40_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| RuleError::new(None, format!("invalid rule YAML: {e}")))?;
     docs.into_iter()
         .filter(|d| !d.is_null())
@@ -550,6 +559,17 @@ mod tests {
         assert_eq!(rule(&docs[0]).for_, Some(Duration(300_000)));
         assert_eq!(rule(&docs[1]).kind, RuleKind::Absence);
         docs.iter().for_each(|r| rule(r).validate().expect("valid"));
+    }
+
+    #[test]
+    fn a_rule_file_may_hold_thousands_of_rules() {
+        let text: Vec<String> = (0..2_000)
+            .map(|i| format!("name: r{i}\nwhen: event.host == 'h{i}'\n"))
+            .collect();
+        assert_eq!(
+            parse_yaml(&text.join("---\n")).expect("parses").len(),
+            2_000
+        );
     }
 
     #[test]
