@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::crypto::SecretBox;
 use crate::metrics::{DeliveryLabel, Metrics};
-use crate::store::{Alert, Delivery, DeliveryOutcome, Outbox};
+use crate::store::{Alert, ChannelRow, Delivery, DeliveryOutcome, Outbox};
 pub use message::Notification;
 
 /// Why a send failed, and whether trying again can help.
@@ -318,6 +318,21 @@ impl Worker {
             }
         }
         let now = self.clock.now();
+        // Every outcome of this round is recorded in one transaction: one commit (and one turn
+        // at the database) per round instead of one per delivery.
+        let mut outcomes: Vec<(Vec<String>, DeliveryOutcome)> = Vec::with_capacity(groups.len());
+        // Each channel of the round is read once.
+        let mut channels: HashMap<(String, String), Result<Option<ChannelRow>, ()>> =
+            HashMap::new();
+        for group in &groups {
+            let key = (group[0].channel_owner.clone(), group[0].channel.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = channels.entry(key) {
+                let (owner, name) = slot.key();
+                let row = self.outbox.get_channel(owner, name).await.map_err(|_| ());
+                slot.insert(row);
+            }
+        }
+        let channels = &channels;
         let mut sends = Vec::new();
         for group in groups {
             let first = &group[0];
@@ -331,11 +346,13 @@ impl Worker {
                     next_attempt_at: breaker.open_until,
                     counts: false,
                 };
-                self.finish(&ids, &outcome, &group).await;
+                self.count(&outcome, &group);
+                outcomes.push((ids, outcome));
                 continue;
             }
             sends.push(async move {
-                let result = self.send_group(&group).await;
+                let row = channels.get(&channel).cloned().unwrap_or(Err(()));
+                let result = self.send_group(row, &group).await;
                 (channel, group, result)
             });
         }
@@ -369,11 +386,17 @@ impl Worker {
                     }
                 }
             };
-            self.finish(&ids, &outcome, &group).await;
+            self.count(&outcome, &group);
+            outcomes.push((ids, outcome));
+        }
+        if let Err(e) = self.outbox.finish_deliveries(&outcomes).await {
+            // They stay `sending` and go again after a restart: at least once.
+            warn!(message = "Failed to record delivery outcomes.", error = %format!("{e:#}"));
         }
     }
 
-    async fn finish(&self, ids: &[String], outcome: &DeliveryOutcome, group: &[Delivery]) {
+    /// Counts a round's outcome for one message in the metrics.
+    fn count(&self, outcome: &DeliveryOutcome, group: &[Delivery]) {
         let status = match outcome {
             DeliveryOutcome::Sent { at } => {
                 for d in group {
@@ -396,18 +419,15 @@ impl Worker {
                 })
                 .inc_by(group.len() as u64);
         }
-        if let Err(e) = self.outbox.finish_deliveries(ids, outcome).await {
-            // They stay `sending` and go again after a restart: at least once.
-            warn!(message = "Failed to record a delivery outcome.", error = %format!("{e:#}"));
-        }
     }
 
-    async fn send_group(&self, group: &[Delivery]) -> Result<(), NotifyError> {
+    async fn send_group(
+        &self,
+        channel: Result<Option<ChannelRow>, ()>,
+        group: &[Delivery],
+    ) -> Result<(), NotifyError> {
         let first = &group[0];
-        let channel = self
-            .outbox
-            .get_channel(&first.channel_owner, &first.channel)
-            .await
+        let channel = channel
             .map_err(|_| NotifyError::retry("the channel could not be read"))?
             .ok_or_else(|| {
                 NotifyError::permanent(format!("the channel `{}` no longer exists", first.channel))

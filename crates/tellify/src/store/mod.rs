@@ -475,7 +475,8 @@ pub trait Outbox: Send + Sync {
 
     /// Takes due deliveries (pending, or held digests whose time came) and marks them sending.
     async fn claim_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Delivery>>;
-    async fn finish_deliveries(&self, ids: &[String], outcome: &DeliveryOutcome) -> Result<()>;
+    /// Records how sends went: each entry's deliveries share its outcome. One transaction.
+    async fn finish_deliveries(&self, outcomes: &[(Vec<String>, DeliveryOutcome)]) -> Result<()>;
     /// Deliveries left `sending` by a crash go back to pending (at-least-once).
     async fn reset_sending(&self) -> Result<u64>;
     /// When the next pending or held delivery is due.

@@ -284,11 +284,12 @@ impl Outbox for SqliteStore {
         Ok(out)
     }
 
-    async fn finish_deliveries(&self, ids: &[String], outcome: &DeliveryOutcome) -> Result<()> {
+    async fn finish_deliveries(&self, outcomes: &[(Vec<String>, DeliveryOutcome)]) -> Result<()> {
         let _writing = self.writing().await;
         let mut tx = self.pool().begin().await?;
-        for id in ids {
-            let q = match outcome {
+        for (ids, outcome) in outcomes {
+            for id in ids {
+                let q = match outcome {
                 DeliveryOutcome::Sent { at } => sqlx::query(
                     "UPDATE deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
                 )
@@ -305,7 +306,8 @@ impl Outbox for SqliteStore {
                 )
                 .bind(error),
             };
-            q.bind(id).execute(&mut *tx).await?;
+                q.bind(id).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
