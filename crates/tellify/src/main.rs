@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// See Cargo.toml: mimalloc returns freed memory to the system where glibc's allocator keeps it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = tellify::cli::Cli::parse();
     match tellify::cli::run(cli) {
