@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tellify_core::alert::{Change, ResolveReason, Status};
 use tellify_core::eval::dry_run;
 use tellify_core::event::{self, Event};
 use tellify_core::rule::{self, RuleDoc, RuleSpec};
@@ -15,7 +16,7 @@ use tellify_core::rule::{self, RuleDoc, RuleSpec};
 use super::extract::{Json, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::engine::resolve_doc;
-use crate::store::StoredRule;
+use crate::store::{Alert, StoredRule};
 
 /// Fields a rule view adds to the document; a PUT drops them.
 const READ_ONLY: [&str; 5] = ["owner", "origin", "status", "error", "updated_at"];
@@ -326,16 +327,131 @@ async fn run_dry(
     let limits = state.limits;
     let owner = owner.to_owned();
     let start = state.clock.now();
-    let result = tokio::task::spawn_blocking(move || {
-        dry_run(limits, &owner, vec![spec], &events, start, advance_ms)
+    let (store, outbox) = (state.store.clone(), state.outbox.clone());
+    let runtime = tokio::runtime::Handle::current();
+    // The dispatcher runs JavaScript (subscriptions' `when`), which is single-threaded: it is
+    // made, filled and used on this one blocking thread.
+    let (result, notifications) = tokio::task::spawn_blocking(move || {
+        let notify = spec.notify.clone();
+        let rule_name = spec.name.clone();
+        let result = dry_run(limits, &owner, vec![spec], &events, start, advance_ms)?;
+        let mut dispatcher = crate::dispatch::Dispatcher::new(limits);
+        let notifications = match runtime.block_on(dispatcher.reload(store.as_ref(), outbox.as_ref())) {
+            Ok(()) => {
+                dispatcher.set_rule_notify(&owner, &rule_name, &notify);
+                would_notify(&mut dispatcher, &result.changes, start)
+            }
+            Err(e) => {
+                tracing::warn!(message = "Dry run: notification settings unreadable.", error = %format!("{e:#}"));
+                Vec::new()
+            }
+        };
+        Ok::<_, tellify_core::rule::RuleError>((result, notifications))
     })
     .await
     .map_err(|e| ApiError::internal(e.into()))??;
     Ok(Json(json!({
         "changes": result.changes,
+        "notifications": notifications,
         "emitted": result.emitted,
         "errors": result.errors,
     })))
+}
+
+/// The notifications a dry run's alert changes would cause with the owner's subscriptions,
+/// channels and silences as they are: nothing is stored or sent.
+fn would_notify(
+    dispatcher: &mut crate::dispatch::Dispatcher,
+    changes: &[Change],
+    now: i64,
+) -> Vec<Value> {
+    use tellify_core::subscription::Trigger;
+    let mut alerts: std::collections::HashMap<String, Alert> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for change in changes {
+        let id = change.alert().id.clone();
+        let trigger = match change {
+            Change::Open {
+                alert,
+                status,
+                at,
+                content,
+                ..
+            } => {
+                alerts.insert(
+                    id.clone(),
+                    Alert {
+                        id: id.clone(),
+                        rule: alert.rule.clone(),
+                        owner: alert.owner.clone(),
+                        key: alert.key.clone(),
+                        status: status.as_str().to_owned(),
+                        severity: content.severity.as_str().to_owned(),
+                        summary: content.summary.clone(),
+                        body: content.body.clone(),
+                        value: content.value,
+                        labels: content.labels.clone(),
+                        links: content.links.clone(),
+                        source: content.source.clone(),
+                        run: content.run.clone(),
+                        first_seen: *at,
+                        fired_at: (*status == Status::Firing).then_some(*at),
+                        last_seen: *at,
+                        resolved_at: None,
+                        resolve_reason: None,
+                        count: 1,
+                        acked_by: None,
+                        acked_at: None,
+                    },
+                );
+                (*status == Status::Firing).then_some((Trigger::Fire, *at))
+            }
+            Change::Fire { at, .. } => {
+                if let Some(a) = alerts.get_mut(&id) {
+                    a.status = "firing".into();
+                    a.fired_at = Some(*at);
+                }
+                Some((Trigger::Fire, *at))
+            }
+            Change::Fold { at, value, .. } => {
+                if let Some(a) = alerts.get_mut(&id) {
+                    a.count += 1;
+                    a.last_seen = *at;
+                    a.value = value.or(a.value);
+                }
+                None
+            }
+            Change::Repeat { at, .. } => Some((Trigger::Repeat, *at)),
+            Change::Resolve { at, reason, .. } => {
+                if let Some(a) = alerts.get_mut(&id) {
+                    a.status = "resolved".into();
+                    a.resolved_at = Some(*at);
+                    a.resolve_reason = Some(reason.message().to_owned());
+                }
+                Some((
+                    if *reason == ResolveReason::RuleDisabled {
+                        Trigger::Disable
+                    } else {
+                        Trigger::Resolve
+                    },
+                    *at,
+                ))
+            }
+            Change::Discard { .. } => None,
+        };
+        let (Some((trigger, at)), Some(alert)) = (trigger, alerts.get(&id)) else {
+            continue;
+        };
+        let transition = crate::dispatch::Transition { trigger, alert, at };
+        for d in dispatcher.plan(std::slice::from_ref(&transition), now) {
+            out.push(json!({
+                "trigger": d.trigger, "alert_key": alert.key, "channel": d.channel, "channel_kind": d.channel_kind,
+                "subscription_id": d.subscription_id, "status": d.status, "at": at,
+                "send_at": d.next_attempt_at, "error": d.last_error,
+            }));
+        }
+    }
+    out
 }
 
 #[utoipa::path(get, path = "/api/v1/templates", tag = "rules",

@@ -650,3 +650,66 @@ async fn a_digest_at_six_holds_overnight_alerts_until_six_local() {
     receiver.settle_at(1).await;
     assert_eq!(got[0].json()["alerts"].as_array().expect("alerts").len(), 3);
 }
+
+#[tokio::test]
+async fn a_dry_run_says_which_notifications_would_go_and_sends_none() {
+    let server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, ADMIN, "ops", &receiver, None).await;
+    hook(&server, ADMIN, "quiet", &receiver, None).await;
+    subscribe(
+        &server,
+        ADMIN,
+        json!({"channel": "quiet", "rules": ["disk"], "min_severity": "critical"}),
+    )
+    .await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({"matchers": {"key": "muted-*"}, "ends_at": "2026-11-25T12:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let rule = json!({"name": "disk", "source": "disk", "when": "event.pct > 90", "resolve_when": "event.pct < 80",
+        "key": "{{ event.host }}", "severity": "critical", "notify": ["ops"]});
+    let events =
+        json!([{"host": "a", "pct": 95}, {"host": "muted-b", "pct": 96}, {"host": "a", "pct": 50}]);
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/rules/test",
+            &json!({"rule": rule, "events": events, "source": "disk"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let plan: Vec<(String, String, String, String)> = body["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .map(|n| {
+            let s = |f: &str| n[f].as_str().unwrap_or_default().to_owned();
+            (s("trigger"), s("alert_key"), s("channel"), s("status"))
+        })
+        .collect();
+    let expect = |t: &str, k: &str, c: &str, st: &str| {
+        (t.to_owned(), k.to_owned(), c.to_owned(), st.to_owned())
+    };
+    assert_eq!(
+        plan,
+        vec![
+            expect("fire", "a", "ops", "pending"),
+            expect("fire", "a", "quiet", "pending"),
+            expect("fire", "muted-b", "ops", "silenced"),
+            expect("fire", "muted-b", "quiet", "silenced"),
+            expect("resolve", "a", "ops", "pending"),
+            expect("resolve", "a", "quiet", "pending"),
+        ],
+        "{body}"
+    );
+    receiver.settle_at(0).await;
+    assert!(
+        server.deliveries(ADMIN, "").await.is_empty(),
+        "a dry run stores nothing"
+    );
+}
