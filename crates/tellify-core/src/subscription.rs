@@ -186,6 +186,10 @@ pub struct SubscriptionSpec {
     pub notify_on: Vec<Trigger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<MessageFormat>,
+    /// The message text instead of the default layout: a Jinja template over `alert`,
+    /// `alerts` (a digest), `trigger`, `title` and `text` (the default body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn default_triggers() -> Vec<Trigger> {
@@ -248,6 +252,10 @@ impl Subscription {
                     return Err("`schedule`: a window's `from` and `to` must differ".into());
                 }
             }
+        }
+        if let Some(t) = &spec.template {
+            crate::template::Templates::compile([("template".to_owned(), t.as_str())])
+                .map_err(|e| format!("`template`: {e}"))?;
         }
         if spec.notify_on.is_empty() {
             return Err(

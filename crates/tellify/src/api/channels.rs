@@ -267,6 +267,7 @@ pub async fn test_channel(
         alerts: vec![alert],
         digest: false,
         format: None,
+        template: None,
     };
     match notifier.send(&settings, &n).await {
         Ok(()) => Ok(Json(json!({ "sent": true }))),

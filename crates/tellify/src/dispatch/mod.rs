@@ -271,6 +271,7 @@ impl Dispatcher {
                             Trigger::Repeat,
                         ],
                         format: None,
+                        template: None,
                     })
                     .ok()
                 })
@@ -326,6 +327,7 @@ impl Dispatcher {
                     changed_at: t.at,
                     last_error: None,
                     snapshot: snapshot.clone(),
+                    template: sub.spec.template.clone(),
                 };
                 match self.channel(&alert.owner, &sub.spec.channel) {
                     Some((owner, kind)) => {

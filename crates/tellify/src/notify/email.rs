@@ -194,12 +194,17 @@ impl Notifier for Email {
         let to = channel::recipients(settings.get("to")).map_err(NotifyError::permanent)?;
         use tellify_core::subscription::MessageFormat;
         // The subscription's format wins over the channel's; html (text + HTML parts) by default.
-        let format = n
-            .format
-            .unwrap_or(match settings.get("format").and_then(Value::as_str) {
+        // A subscription's template defines the whole text, so such a message has no HTML part.
+        let templated = n.template.is_some().then_some(MessageFormat::Text);
+        let format = match (n.format, templated) {
+            (Some(MessageFormat::Short), _) => MessageFormat::Short,
+            (_, Some(text)) => text,
+            (Some(f), None) => f,
+            (None, None) => match settings.get("format").and_then(Value::as_str) {
                 Some("text") => MessageFormat::Text,
                 _ => MessageFormat::Html,
-            });
+            },
+        };
         match format {
             MessageFormat::Html => {
                 smtp.send(

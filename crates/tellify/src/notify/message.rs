@@ -17,6 +17,8 @@ pub struct Notification {
     pub digest: bool,
     /// The subscription's `format`, if it chose one; else the channel's default.
     pub format: Option<MessageFormat>,
+    /// The subscription's template for the message text, if it has one.
+    pub template: Option<String>,
 }
 
 pub fn trigger_word(trigger: Trigger) -> &'static str {
@@ -88,8 +90,29 @@ impl Notification {
         facts
     }
 
-    /// A plain-text body.
+    /// The message text: the subscription's template if it has one (and it renders), else the
+    /// default layout.
     pub fn text(&self) -> String {
+        if let Some(t) = &self.template
+            && let Some(text) = self.render(t)
+        {
+            return text;
+        }
+        self.default_text()
+    }
+
+    fn render(&self, template: &str) -> Option<String> {
+        let t =
+            tellify_core::template::Templates::compile([("template".to_owned(), template)]).ok()?;
+        let ctx = tellify_core::template::to_value(serde_json::json!({
+            "alert": self.first(), "alerts": self.alerts, "trigger": self.trigger.as_str(),
+            "title": self.title(), "text": self.default_text(), "digest": self.digest,
+        }));
+        t.render("template", &ctx).ok().flatten()
+    }
+
+    /// The default plain-text layout.
+    pub fn default_text(&self) -> String {
         let mut out = String::new();
         for (i, a) in self.alerts.iter().enumerate() {
             if self.digest {
@@ -125,7 +148,13 @@ impl Notification {
 
     /// One line for SMS and chat previews, at most 160 characters.
     pub fn short(&self) -> String {
-        let line = if self.digest {
+        let line = if let Some(text) = self.template.as_deref().and_then(|t| self.render(t)) {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else if self.digest {
             self.title()
         } else {
             let a = self.first();
@@ -189,6 +218,7 @@ pub mod sample {
             digest: alerts.len() > 1,
             alerts,
             format: None,
+            template: None,
         }
     }
 }

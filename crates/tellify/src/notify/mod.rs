@@ -469,6 +469,7 @@ impl Worker {
                 .format
                 .as_deref()
                 .and_then(|f| serde_json::from_value(Value::String(f.to_owned())).ok()),
+            template: first.template.clone(),
         };
         match tokio::time::timeout(Duration::from_secs(30), notifier.send(&settings, &n)).await {
             Ok(result) => result,

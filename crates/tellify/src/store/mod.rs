@@ -360,6 +360,8 @@ pub struct NewDelivery {
     pub last_error: Option<String>,
     /// The alert as of the change.
     pub snapshot: Value,
+    /// The subscription's message template, if it has one.
+    pub template: Option<String>,
 }
 
 /// A delivery as stored.
@@ -384,6 +386,8 @@ pub struct Delivery {
     pub last_error: Option<String>,
     #[serde(skip)]
     pub snapshot: Value,
+    #[serde(skip)]
+    pub template: Option<String>,
 }
 
 /// How one send went.

@@ -27,7 +27,7 @@ pub(super) async fn insert_deliveries(
     for chunk in deliveries.chunks(500) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO deliveries (id, alert_id, owner, subscription_id, channel_owner, channel, channel_kind,
-                 trigger, format, status, next_attempt_at, digest, changed_at, created_at, last_error, snapshot) ",
+                 trigger, format, status, next_attempt_at, digest, changed_at, created_at, last_error, snapshot, template) ",
         );
         qb.push_values(chunk, |mut b, d| {
             b.push_bind(&d.id)
@@ -45,7 +45,8 @@ pub(super) async fn insert_deliveries(
                 .push_bind(d.changed_at)
                 .push_bind(d.changed_at)
                 .push_bind(&d.last_error)
-                .push_bind(json_text(&d.snapshot));
+                .push_bind(json_text(&d.snapshot))
+                .push_bind(&d.template);
         });
         qb.build().execute(&mut **tx).await?;
     }
@@ -107,6 +108,7 @@ fn delivery_row(r: &SqliteRow) -> Delivery {
         sent_at: r.get("sent_at"),
         last_error: r.get("last_error"),
         snapshot: json_col(r, "snapshot"),
+        template: r.get("template"),
     }
 }
 

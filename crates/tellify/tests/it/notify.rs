@@ -713,3 +713,45 @@ async fn a_dry_run_says_which_notifications_would_go_and_sends_none() {
         "a dry run stores nothing"
     );
 }
+
+#[tokio::test]
+async fn a_subscription_template_writes_the_message() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/phone",
+            &json!({"kind": "sms", "url": receiver.url("/Messages.json"),
+            "account": "AC1", "token": "t", "from": "+15550001", "to": "+15550002"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .post_json(ADMIN, "/api/v1/subscriptions", &json!({"channel": "phone", "template": "{{ alert.key }} {{ trigger }}d at {{ alert.value }}%"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "phone", "template": "{{ alert.key "}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("template"),
+        "{body}"
+    );
+    server.rule(ADMIN, json!({"name": "disk", "source": "disk", "when": "event.pct > 90", "key": "{{ event.host }}", "value": "event.pct"})).await;
+    server
+        .send(ADMIN, "disk", "text/plain", "host:cad01 pct:95")
+        .await;
+    server.settle().await;
+    let got = receiver.wait_for(1).await;
+    let form = String::from_utf8_lossy(&got[0].body).to_string();
+    assert!(form.contains("Body=cad01+fired+at+95.0%25"), "{form}");
+}

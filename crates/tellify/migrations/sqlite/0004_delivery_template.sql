@@ -1,0 +1,2 @@
+-- A subscription's own message template, carried with each delivery it plans.
+ALTER TABLE deliveries ADD COLUMN template TEXT;
