@@ -599,8 +599,10 @@ impl Evaluator {
         if let Some(old) = open.repeat_at.take() {
             self.repeats.remove(&(old, id, key.to_owned()));
         }
-        let first = fired_at.saturating_add(every);
-        let due = if first > now { first } else { now };
+        // The next multiple of `every` after `now`: repeats that fell due while the server was
+        // down are not made up in a burst (the last one sent is not known, so none is repeated).
+        let elapsed = now.saturating_sub(fired_at).max(0);
+        let due = fired_at.saturating_add((elapsed / every + 1).saturating_mul(every));
         open.repeat_at = Some(due);
         self.repeats.insert((due, id, key.to_owned()));
     }
@@ -712,7 +714,9 @@ impl Evaluator {
             if let Some(open) = self.open.get_mut(&slot) {
                 open.repeat_at = None;
                 if open.status == Status::Firing && !open.acked && every > 0 {
-                    let next = due.saturating_add(every);
+                    // After a stall, one repeat now and the next on the schedule, not a burst.
+                    let behind = now.saturating_sub(due).max(0) / every;
+                    let next = due.saturating_add((behind + 1).saturating_mul(every));
                     open.repeat_at = Some(next);
                     self.repeats.insert((next, id, key.clone()));
                     if let Some(alert) = self.open_alert(id, &key) {
@@ -2079,18 +2083,19 @@ mod tests {
         let mut ev = with(std::slice::from_ref(&doc), 0);
         ev.on_event(&event("s", json!({})), 0, 0);
         ev.drain();
-        ev.advance(25 * MIN);
-        let out = ev.drain();
-        let at: Vec<i64> = out
-            .changes
-            .iter()
-            .filter_map(|c| match c {
+        let mut at: Vec<i64> = Vec::new();
+        for minute in 1..=25 {
+            ev.advance(minute * MIN);
+            at.extend(ev.drain().changes.iter().filter_map(|c| match c {
                 Change::Repeat { at, .. } => Some(*at),
                 _ => None,
-            })
-            .collect();
+            }));
+        }
         assert_eq!(at, vec![10 * MIN, 20 * MIN]);
-        // After a restart at 35 min the missed 30-min repeat goes at once, then every 10.
+        // After a stall of 25 minutes, one reminder, not three.
+        ev.advance(50 * MIN);
+        assert_eq!(ev.drain().changes.len(), 1);
+        // After a restart at 35 min the next repeat is at 40 (the one at 30 may have gone).
         let mut restarted = with(&[doc], 35 * MIN);
         let alert = AlertKey {
             id: "a1".into(),
@@ -2099,9 +2104,11 @@ mod tests {
             key: "r".into(),
         };
         restarted.restore_open(&alert, Status::Firing, Some(0), false, 35 * MIN);
-        restarted.advance(35 * MIN);
+        restarted.advance(39 * MIN);
+        assert!(restarted.drain().changes.is_empty());
+        restarted.advance(40 * MIN);
         assert!(
-            matches!(restarted.drain().changes[..], [Change::Repeat { at, .. }] if at == 35 * MIN)
+            matches!(restarted.drain().changes[..], [Change::Repeat { at, .. }] if at == 40 * MIN)
         );
         restarted.acknowledge(&alert);
         restarted.advance(60 * MIN);

@@ -280,7 +280,14 @@ impl Engine {
                     })
                 })
                 .and_then(|spec| match spec {
-                    Some(spec) => self.evaluator.upsert(&stored.owner, spec, now),
+                    Some(spec) => {
+                        // Instances too: their notify list comes from the template.
+                        let notify = spec.notify.clone();
+                        self.evaluator.upsert(&stored.owner, spec, now)?;
+                        self.dispatch
+                            .set_rule_notify(&stored.owner, &stored.name, &notify);
+                        Ok(())
+                    }
                     None => Ok(()),
                 });
             if let Err(e) = loaded {
@@ -304,13 +311,13 @@ impl Engine {
         let outbox = self.parts.outbox.clone();
         self.runtime
             .block_on(self.dispatch.reload(store.as_ref(), outbox.as_ref()))?;
-        for stored in &rules {
-            if let Ok(RuleDoc::Rule(spec)) = rule::parse_doc(stored.doc.clone()) {
-                self.dispatch
-                    .set_rule_notify(&stored.owner, &stored.name, &spec.notify);
-            }
-        }
-        self.silences_checked = now;
+        // Silences that ended since the last look (even while stopped) release their alerts.
+        self.silences_checked = self
+            .block_on(self.parts.outbox.get_setting("silences_checked"))?
+            .and_then(|v| v.as_i64())
+            // Never recorded: every ended silence is looked at; only alerts still held back
+            // (a silenced notification newer than any sent) are told.
+            .unwrap_or(0);
         for (owner, rule, key, state) in &snapshot.states {
             self.evaluator.restore_state(owner, rule, key, state, now);
         }
@@ -412,17 +419,35 @@ impl Engine {
                 return;
             }
         };
-        let renotify: Vec<(String, i64)> = firing
+        let candidates: Vec<String> = firing
             .iter()
             .filter(|a| self.dispatch.released(a, self.silences_checked, now))
-            .map(|a| (a.id.clone(), now))
+            .map(|a| a.id.clone())
             .collect();
+        // Only what a silence actually held back: an alert notified before the silence and
+        // quiet since is not told again.
+        let held = match self.block_on(self.parts.outbox.held_back(&candidates)) {
+            Ok(h) => h,
+            Err(e) => {
+                error!(message = "Failed to read silenced deliveries; trying again.", error = %format!("{e:#}"));
+                return;
+            }
+        };
+        let renotify: Vec<(String, i64)> = held.into_iter().map(|id| (id, now)).collect();
         self.silences_checked = now;
         if !renotify.is_empty() {
             self.commit(EngineCommit {
                 renotify,
                 ..Default::default()
             });
+        }
+        // Remembered, so a silence that ends while the server is down is released at start.
+        if let Err(e) = self.block_on(self.parts.outbox.put_setting(
+            "silences_checked",
+            &serde_json::json!(now),
+            now,
+        )) {
+            warn!(message = "Failed to record released silences.", error = %format!("{e:#}"));
         }
     }
 
@@ -525,9 +550,11 @@ impl Engine {
         match spec {
             Some(spec) => {
                 check_topic_access(&self.evaluator, owner, &spec)?;
-                // Set before the commit: disabling a rule notifies its `notify:` channels.
-                self.dispatch.set_rule_notify(owner, &name, &spec.notify);
+                let notify = spec.notify.clone();
                 self.evaluator.upsert(owner, spec, now)?;
+                // Only once the rule is accepted, and before the commit: disabling a rule
+                // notifies its `notify:` channels.
+                self.dispatch.set_rule_notify(owner, &name, &notify);
             }
             // A rule may be replaced by a template of the same name: the rule goes.
             None => {

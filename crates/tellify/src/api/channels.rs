@@ -148,12 +148,15 @@ pub async fn put_channel(
         .as_ref()
         .filter(|c| c.kind == kind)
         .and_then(|c| c.settings.as_object().cloned());
-    // Secrets kept from before count as given for the required-field check.
+    // Secrets kept from before count as given for the required-field check; other settings
+    // must be sent again (a PUT replaces the channel).
     let mut check = settings.clone();
-    if let Some(old) = &old_settings {
-        for (k, v) in old {
-            if check.get(k).is_none_or(|x| x == channel::HIDDEN) {
-                check.insert(k.clone(), v.clone());
+    if let (Some(old), Some(k)) = (&old_settings, channel::kind(&kind)) {
+        for field in k.secrets {
+            if check.get(*field).is_none_or(|x| x == channel::HIDDEN)
+                && let Some(v) = old.get(*field)
+            {
+                check.insert((*field).to_owned(), v.clone());
             }
         }
     }
@@ -265,6 +268,7 @@ pub async fn test_channel(
         id: alert.id.clone(),
         trigger: Trigger::Fire,
         alerts: vec![alert],
+        triggers: Vec::new(),
         digest: false,
         format: None,
         template: None,

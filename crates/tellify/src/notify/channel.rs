@@ -255,6 +255,13 @@ pub fn seal(
     };
     for field in kind.secrets {
         if *field == "headers" {
+            // Left out, the stored headers stay (their values are secrets).
+            if !new.contains_key("headers")
+                && let Some(old) = stored.and_then(|s| s.get("headers"))
+            {
+                new.insert("headers".to_owned(), old.clone());
+                continue;
+            }
             if let Some(Value::Object(headers)) = new.get_mut("headers") {
                 let old = stored
                     .and_then(|s| s.get("headers"))

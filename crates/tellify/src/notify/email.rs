@@ -108,7 +108,8 @@ impl SmtpSettings {
         Ok(builder.build())
     }
 
-    /// Sends one message; every SMTP failure is worth retrying (a wrong password gets fixed).
+    /// Sends one message. Failed logins and transient errors are retried (a wrong password gets
+    /// fixed); a permanent refusal of the message is not.
     pub async fn send(
         &self,
         to: &[String],
@@ -142,7 +143,16 @@ impl SmtpSettings {
             .send(message)
             .await
             .map(|_| ())
-            .map_err(|e| NotifyError::retry(format!("SMTP: {e}")))
+            .map_err(|e| {
+                // A permanent refusal of the message (a 5xx such as an unknown recipient) will
+                // not change; everything else, including a failed login, may be fixed.
+                let auth = e.to_string().contains("535");
+                if e.is_permanent() && !auth {
+                    NotifyError::permanent(format!("SMTP: {e}"))
+                } else {
+                    NotifyError::retry(format!("SMTP: {e}"))
+                }
+            })
     }
 }
 

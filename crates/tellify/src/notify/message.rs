@@ -14,6 +14,8 @@ pub struct Notification {
     pub id: String,
     pub trigger: Trigger,
     pub alerts: Vec<Alert>,
+    /// In a digest, each alert's own change (empty: every alert's is `trigger`).
+    pub triggers: Vec<Trigger>,
     pub digest: bool,
     /// The subscription's `format`, if it chose one; else the channel's default.
     pub format: Option<MessageFormat>,
@@ -40,6 +42,11 @@ pub fn time(ms: i64) -> String {
 }
 
 impl Notification {
+    /// The change alert `i` of the notification is about.
+    pub fn trigger_of(&self, i: usize) -> Trigger {
+        self.triggers.get(i).copied().unwrap_or(self.trigger)
+    }
+
     pub fn first(&self) -> &Alert {
         self.alerts
             .first()
@@ -217,6 +224,7 @@ pub mod sample {
             trigger,
             digest: alerts.len() > 1,
             alerts,
+            triggers: Vec::new(),
             format: None,
             template: None,
         }

@@ -85,6 +85,10 @@ impl NotifyError {
     /// A transport failure (refused, reset, timed out): the receiver may be back soon.
     pub fn from_reqwest(e: &reqwest::Error) -> Self {
         // reqwest's message names the URL, which may hold a secret (a webhook URL): drop it.
+        if e.is_builder() {
+            // A request that cannot be built (say, a header name that is not one) never will be.
+            return Self::permanent("the request could not be built from the channel's settings");
+        }
         let kind = if e.is_timeout() {
             "timed out"
         } else if e.is_connect() {
@@ -367,7 +371,10 @@ impl Worker {
                     DeliveryOutcome::Sent { at: now }
                 }
                 Err(e) => {
-                    breaker.failures += 1;
+                    // Only failures of the receiver count against it, not refusals of one message.
+                    if e.retryable {
+                        breaker.failures += 1;
+                    }
                     if breaker.failures >= self.policy.breaker_failures {
                         breaker.open_until = now + self.policy.breaker_open.as_millis() as i64;
                     }
@@ -389,9 +396,18 @@ impl Worker {
             self.count(&outcome, &group);
             outcomes.push((ids, outcome));
         }
-        if let Err(e) = self.outbox.finish_deliveries(&outcomes).await {
-            // They stay `sending` and go again after a restart: at least once.
-            warn!(message = "Failed to record delivery outcomes.", error = %format!("{e:#}"));
+        // A failed write is tried again for a while; if it never succeeds the round stays
+        // `sending` and goes again after a restart: at least once.
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=6 {
+            match self.outbox.finish_deliveries(&outcomes).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(message = "Failed to record delivery outcomes.", attempt, error = %format!("{e:#}"));
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
     }
 
@@ -453,18 +469,26 @@ impl Worker {
                 "the delivery's alert snapshot is damaged",
             ));
         }
-        let trigger = match first.trigger.as_str() {
+        let parse = |t: &str| match t {
             "resolve" => Trigger::Resolve,
             "ack" => Trigger::Ack,
             "repeat" => Trigger::Repeat,
             "disable" => Trigger::Disable,
             _ => Trigger::Fire,
         };
+        let trigger = parse(&first.trigger);
+        // Alerts whose snapshot failed to read were dropped above; keep triggers in step.
+        let triggers: Vec<Trigger> = group
+            .iter()
+            .filter(|d| serde_json::from_value::<Alert>(d.snapshot.clone()).is_ok())
+            .map(|d| parse(&d.trigger))
+            .collect();
         let n = Notification {
             id: first.id.clone(),
             trigger,
             alerts,
             digest: first.digest.is_some(),
+            triggers,
             format: first
                 .format
                 .as_deref()

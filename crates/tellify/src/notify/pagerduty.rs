@@ -41,7 +41,7 @@ pub enum Action {
 
 impl Action {
     /// What a change to `alert` does to its incident. An alert already resolved resolves it
-    /// whatever the trigger (in a digest, the trigger is the first alert's).
+    /// whatever the trigger.
     pub fn of(trigger: Trigger, alert: &Alert) -> Action {
         if alert.status == "resolved" {
             return Action::Resolve;
@@ -170,8 +170,8 @@ impl Notifier for PagerDuty {
             .filter(|u| !u.is_empty())
             .unwrap_or(DEFAULT_URL);
         let mut fanout = Fanout::default();
-        for a in &n.alerts {
-            let body = event(routing_key, n.trigger, a);
+        for (i, a) in n.alerts.iter().enumerate() {
+            let body = event(routing_key, n.trigger_of(i), a);
             // One delivery may be several events: each has a key of its own.
             let key = if n.digest {
                 format!("{}:{}", n.id, a.id)

@@ -15,7 +15,17 @@ pub struct Webhook {
 /// The default body: the trigger and the alert (or, for a digest, the alerts).
 pub fn default_body(n: &Notification) -> Value {
     if n.digest {
-        json!({ "trigger": n.trigger.as_str(), "digest": true, "alerts": n.alerts })
+        let alerts: Vec<Value> = n
+            .alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+                v["trigger"] = json!(n.trigger_of(i).as_str());
+                v
+            })
+            .collect();
+        json!({ "trigger": n.trigger.as_str(), "digest": true, "alerts": alerts })
     } else {
         json!({ "trigger": n.trigger.as_str(), "alert": n.first() })
     }

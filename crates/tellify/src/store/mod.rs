@@ -492,6 +492,10 @@ pub trait Outbox: Send + Sync {
     /// Open digest periods: digest key → due time, for the dispatcher after a restart.
     async fn held_digests(&self) -> Result<Vec<(String, i64)>>;
 
+    /// Of these alerts, those whose last fire or repeat notification was silenced (a silenced
+    /// delivery newer than any sent one): what a silence held back.
+    async fn held_back(&self, alert_ids: &[String]) -> Result<Vec<String>>;
+
     /// A server-wide setting (such as `smtp`).
     async fn get_setting(&self, key: &str) -> Result<Option<Value>>;
     async fn put_setting(&self, key: &str, value: &Value, now: i64) -> Result<()>;

@@ -263,13 +263,20 @@ impl Outbox for SqliteStore {
         let _writing = self.writing().await;
         let mut tx = self.pool().begin().await?;
         // A digest is claimed whole, however many alerts it holds, so it goes as one message.
+        // A delivery waits while an earlier one for the same alert and channel is still to go
+        // (outside its own digest): a retried fire must not arrive after its resolve. Ids are
+        // UUIDv7, so they sort by creation.
         let rows = sqlx::query(
-            "UPDATE deliveries SET status = 'sending'
-             WHERE status IN ('pending', 'held') AND (
-                 id IN (SELECT id FROM deliveries WHERE status IN ('pending', 'held') AND next_attempt_at <= ?1
-                        ORDER BY next_attempt_at LIMIT ?2)
-                 OR digest IN (SELECT digest FROM deliveries WHERE status = 'held' AND digest IS NOT NULL
-                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2))
+            "UPDATE deliveries AS d SET status = 'sending'
+             WHERE d.status IN ('pending', 'held') AND (
+                 d.id IN (SELECT id FROM deliveries WHERE status IN ('pending', 'held') AND next_attempt_at <= ?1
+                          ORDER BY next_attempt_at LIMIT ?2)
+                 OR d.digest IN (SELECT digest FROM deliveries WHERE status = 'held' AND digest IS NOT NULL
+                                 AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2))
+               AND NOT EXISTS (SELECT 1 FROM deliveries AS e
+                   WHERE e.alert_id = d.alert_id AND e.channel_owner = d.channel_owner AND e.channel = d.channel
+                     AND e.id < d.id AND e.status IN ('pending', 'held', 'sending')
+                     AND (e.digest IS NULL OR d.digest IS NULL OR e.digest != d.digest))
              RETURNING *",
         )
         .bind(now)
@@ -374,6 +381,32 @@ impl Outbox for SqliteStore {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn held_back(&self, alert_ids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for ids in alert_ids.chunks(500) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT DISTINCT s.alert_id FROM deliveries AS s
+                 WHERE s.status = 'silenced' AND s.trigger IN ('fire', 'repeat')
+                   AND s.created_at >= COALESCE((SELECT MAX(t.created_at) FROM deliveries AS t
+                        WHERE t.alert_id = s.alert_id AND t.status = 'sent'), 0)
+                   AND s.alert_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            qb.push(")");
+            out.extend(
+                qb.build()
+                    .fetch_all(self.pool())
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<String, _>(0)),
+            );
+        }
+        Ok(out)
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<Value>> {

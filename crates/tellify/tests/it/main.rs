@@ -16,5 +16,6 @@ mod hostile;
 mod ingest;
 mod isolation;
 mod notify;
+mod notify_regressions;
 mod regressions;
 mod smtp;

@@ -337,10 +337,12 @@ async fn a_silence_mutes_then_releases_ack_stops_repeats_and_disabling_notifies(
     server.advance("56m").await;
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0].json()["trigger"], "fire");
+    // The clock jumped 56 minutes at once: the first fire and one reminder were silenced (a
+    // stalled clock gets one reminder, not one per missed period).
     assert_eq!(
         server.deliveries(ADMIN, "status=silenced").await.len(),
-        6,
-        "five silenced repeats and the first"
+        2,
+        "the first fire and one repeat"
     );
 
     // Repeats come every 10 minutes from when it fired (10:00) until acknowledged.

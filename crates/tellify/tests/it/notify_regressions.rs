@@ -1,0 +1,403 @@
+//! Regressions found in review of the notification pipeline: each asserts what the contract asks.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
+use crate::receiver::Receiver;
+
+async fn hook(server: &Server, name: &str, receiver: &Receiver, extra: Value) {
+    let mut channel = json!({"kind": "webhook", "url": receiver.url(&format!("/{name}"))});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            channel[k] = v;
+        }
+    }
+    let (status, body) = server
+        .put_json(ADMIN, &format!("/api/v1/channels/{name}"), &channel)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+}
+
+fn triggers(r: &Receiver) -> Vec<String> {
+    r.received()
+        .iter()
+        .map(|x| x.json()["trigger"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_sends_no_extra_repeat() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "ops", &receiver, json!({})).await;
+    server
+        .rule(ADMIN, json!({"name": "hot", "source": "s", "when": "true", "repeat_every": "10m", "notify": ["ops"]}))
+        .await;
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    for _ in 0..3 {
+        server.advance("10m").await;
+    }
+    server.advance("1m").await;
+    receiver.wait_for(4).await;
+    receiver.settle_at(4).await;
+    server.terminate();
+    let mut server = server.restart();
+    server.settle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        triggers(&receiver),
+        vec!["fire", "repeat", "repeat", "repeat"],
+        "a restart at 10:31 re-sent the 10:30 repeat"
+    );
+}
+
+#[tokio::test]
+async fn a_silence_that_ends_while_down_still_releases() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "ops", &receiver, json!({})).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "hot", "source": "s", "when": "true", "notify": ["ops"]}),
+        )
+        .await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({
+        "matchers": {"rule": "hot"}, "ends_at": "2026-11-25T10:30:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    server
+        .deliveries_until(ADMIN, "status=silenced", |d| d.len() == 1)
+        .await;
+    server.terminate();
+    server.now += 60 * 60_000;
+    let mut server = server.restart();
+    server.settle().await;
+    server.advance("1s").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        triggers(&receiver),
+        vec!["fire"],
+        "the silence ended at 10:30 while the server was down"
+    );
+}
+
+#[tokio::test]
+async fn a_template_instances_notify_list_survives_a_restart() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "ops", &receiver, json!({})).await;
+    server.rule(ADMIN, json!({
+        "name": "tpl", "template": true, "source": "s", "when": "event.v > {{ params.limit }}",
+        "notify": ["ops"],
+        "params": {"type": "object", "required": ["limit"], "properties": {"limit": {"type": "number"}}}
+    })).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "inst", "from": "tpl", "params": {"limit": 5}}),
+        )
+        .await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"v": 10}"#)
+        .await;
+    server.settle().await;
+    receiver.wait_for(1).await;
+    server.terminate();
+    let mut server = server.restart();
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            &format!(
+                "/api/v1/alerts/{}/resolve",
+                server.alerts(ADMIN, "status=firing").await[0]["id"]
+                    .as_str()
+                    .expect("id")
+            ),
+            &json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    server.settle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        triggers(&receiver),
+        vec!["fire", "resolve"],
+        "the instance's notify: list after a restart"
+    );
+}
+
+#[tokio::test]
+async fn a_resolve_is_not_overtaken_by_a_retried_fire() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[(503, None)]);
+    hook(&server, "ops", &receiver, json!({})).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "m", "source": "s", "when": "event.up == false",
+            "resolve_when": "event.up == true", "notify": ["ops"]}),
+        )
+        .await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"up": false}"#)
+        .await;
+    server.settle().await;
+    receiver.wait_for(1).await;
+    server.advance("2s").await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"up": true}"#)
+        .await;
+    server.settle().await;
+    // The resolve waits for the fire before it on this channel…
+    receiver.settle_at(1).await;
+    server.advance("1m").await;
+    receiver.wait_for(3).await;
+    // …then goes after it: fire (refused), fire (retried), resolve.
+    receiver.settle_at(3).await;
+    assert_eq!(triggers(&receiver), vec!["fire", "fire", "resolve"]);
+}
+
+#[tokio::test]
+async fn a_put_without_headers_keeps_the_secret_headers() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(
+        &server,
+        "ops",
+        &receiver,
+        json!({"headers": {"Authorization": "Bearer t0ken"}}),
+    )
+    .await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/ops",
+            &json!({"kind": "webhook", "url": "***"}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "m", "source": "s", "when": "true", "notify": ["ops"]}),
+        )
+        .await;
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        got[0].header("authorization"),
+        Some("Bearer t0ken"),
+        "the kept secret header"
+    );
+}
+
+#[tokio::test]
+async fn a_put_missing_a_required_plain_setting_is_refused() {
+    let server = Server::start().await;
+    let (s, b) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/bus",
+            &json!({"kind": "nats", "url": "nats://u:p@127.0.0.1:4222", "topic": "alerts"}),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    let (s, b) = server
+        .put_json(ADMIN, "/api/v1/channels/bus", &json!({"kind": "nats"}))
+        .await;
+    let (_, got) = server.get(ADMIN, "/api/v1/channels/bus").await;
+    assert!(
+        s == StatusCode::BAD_REQUEST || got["topic"] == "alerts",
+        "PUT answered {s} {b}; stored now: {got}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_rule_save_does_not_reroute() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "a", &receiver, json!({})).await;
+    hook(&server, "b", &receiver, json!({})).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "m", "source": "s", "when": "true", "notify": ["a"]}),
+        )
+        .await;
+    let (s, b) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/rules/m",
+            &json!({"name": "m", "source": "s", "when": "event.x >", "notify": ["b"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    let got = receiver.wait_for(1).await;
+    let paths: Vec<_> = got.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        vec!["/a"],
+        "the refused save changed where the rule notifies"
+    );
+}
+
+#[tokio::test]
+async fn a_silence_over_an_already_notified_alert_does_not_renotify() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "ops", &receiver, json!({})).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "hot", "source": "s", "when": "true", "notify": ["ops"]}),
+        )
+        .await;
+    server.send(ADMIN, "s", "application/json", "{}").await;
+    server.settle().await;
+    receiver.wait_for(1).await;
+    server.advance("1m").await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({
+        "matchers": {"rule": "hot"}, "ends_at": "2026-11-25T10:30:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.advance("40m").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        triggers(&receiver),
+        vec!["fire"],
+        "nothing was held back, yet the silence's end re-sent `fire`"
+    );
+}
+
+#[tokio::test]
+async fn a_template_instances_notify_list_without_a_restart() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "ops", &receiver, json!({})).await;
+    server.rule(ADMIN, json!({
+        "name": "tpl", "template": true, "source": "s", "when": "event.v > {{ params.limit }}",
+        "notify": ["ops"],
+        "params": {"type": "object", "required": ["limit"], "properties": {"limit": {"type": "number"}}}
+    })).await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "inst", "from": "tpl", "params": {"limit": 5}}),
+        )
+        .await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"v": 10}"#)
+        .await;
+    server.settle().await;
+    receiver.wait_for(1).await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            &format!(
+                "/api/v1/alerts/{}/resolve",
+                server.alerts(ADMIN, "status=firing").await[0]["id"]
+                    .as_str()
+                    .expect("id")
+            ),
+            &json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    server.settle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(triggers(&receiver), vec!["fire", "resolve"]);
+}
+
+#[tokio::test]
+async fn a_pagerduty_digest_starting_with_an_ack_still_triggers_new_alerts() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    receiver.always_json(
+        202,
+        json!({"status": "success", "message": "Event processed"}),
+    );
+    let (s, b) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/pd",
+            &json!({"kind": "pagerduty",
+        "routing_key": "R0UT1NGKEY0123456789abcdefABCDEF", "url": receiver.url("/enqueue")}),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "hot", "source": "s", "when": "true", "group_by": ["h"]}),
+        )
+        .await;
+    let (s, b) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "pd",
+        "notify_on": ["fire", "ack"], "digest": {"every": "1m"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    server
+        .send(ADMIN, "s", "application/json", r#"{"h": "a"}"#)
+        .await;
+    server.settle().await;
+    server.advance("61s").await;
+    receiver.wait_for(1).await;
+    let a = server.alerts(ADMIN, "status=firing").await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (s, _) = server
+        .post_json(ADMIN, &format!("/api/v1/alerts/{a}/ack"), &json!({}))
+        .await;
+    assert!(s.is_success());
+    server.advance("10s").await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"h": "b"}"#)
+        .await;
+    server.settle().await;
+    server.advance("2m").await;
+    let got = receiver.wait_for(3).await;
+    let actions: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let j = r.json();
+            (
+                j["dedup_key"].as_str().unwrap_or("").to_owned(),
+                j["event_action"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let b_actions: Vec<&str> = actions
+        .iter()
+        .filter(|(k, _)| *k != a)
+        .map(|(_, x)| x.as_str())
+        .collect();
+    assert_eq!(
+        b_actions,
+        vec!["trigger"],
+        "alert b's first and only event: {actions:?}"
+    );
+}
