@@ -184,18 +184,7 @@ async fn disk_usage_goes_to_work_by_day_and_home_and_sms_by_night_across_dst() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/users",
-            &json!({"name": "ann", "timezone": "Europe/Berlin"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (_, token) = server
-        .post_json(ADMIN, "/api/v1/tokens", &json!({"user": "ann"}))
-        .await;
-    let ann = token["token"].as_str().expect("token").to_owned();
+    let ann = server.user_in_zone("ann", "Europe/Berlin").await;
     for (name, channel) in [
         ("work", json!({"kind": "email", "to": ["ann@work.test"]})),
         (

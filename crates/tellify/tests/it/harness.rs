@@ -261,6 +261,23 @@ impl Server {
         panic!("deliveries never got there: {last:#?}");
     }
 
+    /// Creates a user in an IANA time zone, with a token; returns the token.
+    pub async fn user_in_zone(&self, name: &str, timezone: &str) -> String {
+        let (status, answer) = self
+            .post_json(
+                ADMIN_TOKEN,
+                "/api/v1/users",
+                &json!({"name": name, "timezone": timezone}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "user: {answer}");
+        let (status, answer) = self
+            .post_json(ADMIN_TOKEN, "/api/v1/tokens", &json!({"user": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "token: {answer}");
+        answer["token"].as_str().expect("token").to_owned()
+    }
+
     /// Creates a user with a token; returns the token.
     pub async fn user(&self, name: &str) -> String {
         let (status, answer) = self

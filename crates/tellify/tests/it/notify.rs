@@ -384,18 +384,7 @@ async fn a_silence_mutes_then_releases_ack_stops_repeats_and_disabling_notifies(
 async fn subscriptions_filter_by_severity_labels_when_and_schedule() {
     let mut server = Server::start().await;
     let receiver = Receiver::start().await;
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/users",
-            &json!({"name": "ann", "timezone": "Europe/Berlin"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (_, token) = server
-        .post_json(ADMIN, "/api/v1/tokens", &json!({"user": "ann"}))
-        .await;
-    let ann = token["token"].as_str().expect("token").to_owned();
+    let ann = server.user_in_zone("ann", "Europe/Berlin").await;
     hook(&server, &ann, "work", &receiver, None).await;
     hook(&server, &ann, "home", &receiver, None).await;
     // Work: > 90% during weekday working hours in Berlin. Home: >= 97% outside them.
@@ -604,18 +593,7 @@ async fn a_digest_at_six_holds_overnight_alerts_until_six_local() {
         .timestamp_millis();
     let mut server = Server::start_at(start, &[]).await;
     let receiver = Receiver::start().await;
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/users",
-            &json!({"name": "ann", "timezone": "Europe/Berlin"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (_, token) = server
-        .post_json(ADMIN, "/api/v1/tokens", &json!({"user": "ann"}))
-        .await;
-    let ann = token["token"].as_str().expect("token").to_owned();
+    let ann = server.user_in_zone("ann", "Europe/Berlin").await;
     hook(&server, &ann, "morning", &receiver, None).await;
     subscribe(
         &server,
