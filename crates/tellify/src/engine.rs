@@ -779,7 +779,19 @@ impl Engine {
         let mut tx = self.block_on(store.begin_engine())?;
         let alerts = self.block_on(tx.apply(commit))?;
         let transitions = transitions(commit, &alerts);
-        let deliveries = self.dispatch.plan(&transitions, self.parts.clock.now());
+        let closing: Vec<String> = transitions
+            .iter()
+            .filter(|t| matches!(t.trigger, Trigger::Resolve | Trigger::Disable))
+            .map(|t| t.alert.id.clone())
+            .collect();
+        let told = if closing.is_empty() {
+            crate::store::Told::new()
+        } else {
+            self.block_on(tx.told_of_fire(&closing))?
+        };
+        let deliveries = self
+            .dispatch
+            .plan(&transitions, self.parts.clock.now(), &told);
         if !deliveries.is_empty() {
             self.block_on(tx.add_deliveries(&deliveries))?;
         }

@@ -443,7 +443,11 @@ fn would_notify(
             continue;
         };
         let transition = crate::dispatch::Transition { trigger, alert, at };
-        for d in dispatcher.plan(std::slice::from_ref(&transition), now) {
+        for d in dispatcher.plan(
+            std::slice::from_ref(&transition),
+            now,
+            &crate::store::Told::new(),
+        ) {
             out.push(json!({
                 "trigger": d.trigger, "alert_key": alert.key, "channel": d.channel, "channel_kind": d.channel_kind,
                 "subscription_id": d.subscription_id, "status": d.status, "at": at,

@@ -233,7 +233,14 @@ impl Dispatcher {
     }
 
     /// Plans the deliveries for some alert changes.
-    pub fn plan(&mut self, transitions: &[Transition<'_>], now: i64) -> Vec<NewDelivery> {
+    /// `told` are the channels already told that an alert fired: a resolve to them is sent even
+    /// during a silence, so a receiver (PagerDuty) does not keep an incident open.
+    pub fn plan(
+        &mut self,
+        transitions: &[Transition<'_>],
+        now: i64,
+        told: &crate::store::Told,
+    ) -> Vec<NewDelivery> {
         let mut out = Vec::new();
         for t in transitions {
             let alert = t.alert;
@@ -343,7 +350,13 @@ impl Dispatcher {
                         continue;
                     }
                 }
-                if silenced {
+                let closes_what_was_told = matches!(t.trigger, Trigger::Resolve | Trigger::Disable)
+                    && told.contains(&(
+                        alert.id.clone(),
+                        delivery.channel_owner.clone(),
+                        delivery.channel.clone(),
+                    ));
+                if silenced && !closes_what_was_told {
                     delivery.status = "silenced".into();
                 } else if let (Some(id), Some(_)) = (&sub_id, &sub.spec.digest) {
                     let (key, due) = self.digest_slot(id, &sub, t.at, tz);

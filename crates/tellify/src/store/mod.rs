@@ -237,6 +237,9 @@ pub struct Ack {
     pub at: i64,
 }
 
+/// (alert id, channel owner, channel) that were told an alert fired.
+pub type Told = std::collections::HashSet<(String, String, String)>;
+
 /// One engine batch inside one store transaction: apply the batch, add the deliveries it
 /// causes, then finish. Dropping it without `finish` rolls everything back.
 #[async_trait::async_trait]
@@ -244,6 +247,8 @@ pub trait EngineTx: Send {
     /// Applies the batch; returns the alerts it changed, as they are now.
     async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>>;
     async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()>;
+    /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat.
+    async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<Told>;
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 

@@ -479,6 +479,25 @@ impl EngineTx for SqliteEngineTx {
         Ok(alerts)
     }
 
+    async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<super::Told> {
+        let mut told = super::Told::new();
+        for ids in alert_ids.chunks(ALERT_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT DISTINCT alert_id, channel_owner, channel FROM deliveries
+                 WHERE status = 'sent' AND trigger IN ('fire', 'repeat') AND alert_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut *self.tx).await? {
+                told.insert((r.get(0), r.get(1), r.get(2)));
+            }
+        }
+        Ok(told)
+    }
+
     async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()> {
         crate::store::sqlite_outbox::insert_deliveries(&mut self.tx, deliveries).await
     }

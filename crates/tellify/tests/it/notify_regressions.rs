@@ -371,3 +371,77 @@ async fn a_pagerduty_digest_starting_with_an_ack_still_triggers_new_alerts() {
         "alert b's first and only event: {actions:?}"
     );
 }
+
+#[tokio::test]
+async fn a_resolve_during_a_silence_reaches_channels_told_of_the_fire() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    hook(&server, "ops", &receiver, json!({})).await;
+    server
+        .rule(ADMIN, json!({"name": "m", "source": "s", "when": "event.up == false", "resolve_when": "event.up == true",
+            "group_by": ["host"], "notify": ["ops"]}))
+        .await;
+    // a fires before the silence and is delivered.
+    server
+        .send(
+            ADMIN,
+            "s",
+            "application/json",
+            r#"{"host": "a", "up": false}"#,
+        )
+        .await;
+    server.settle().await;
+    receiver.wait_for(1).await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({"matchers": {"rule": "m"}, "ends_at": "2026-11-25T12:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // b fires during the silence: muted.
+    server
+        .send(
+            ADMIN,
+            "s",
+            "application/json",
+            r#"{"host": "b", "up": false}"#,
+        )
+        .await;
+    server.settle().await;
+    // Both recover during the silence: a's resolve goes (ops knew it fired), b's does not.
+    server
+        .send(
+            ADMIN,
+            "s",
+            "application/json",
+            r#"[{"host": "a", "up": true}, {"host": "b", "up": true}]"#,
+        )
+        .await;
+    server.settle().await;
+    receiver.wait_for(2).await;
+    receiver.settle_at(2).await;
+    let got: Vec<(String, String)> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            (
+                r.json()["trigger"].as_str().unwrap_or("?").to_owned(),
+                r.json()["alert"]["key"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("fire".to_owned(), "a".to_owned()),
+            ("resolve".to_owned(), "a".to_owned())
+        ]
+    );
+    assert_eq!(
+        server.deliveries(ADMIN, "status=silenced").await.len(),
+        2,
+        "b's fire and resolve"
+    );
+}
