@@ -638,12 +638,13 @@ impl Engine {
             events = count
         )
         .entered();
-        for stored in &events {
-            let e = &stored.event;
+        // The batch is ours: each event moves into the evaluator's form without a copy.
+        for stored in events {
+            let e = stored.event;
             let event = Event {
-                source: e.source.clone(),
+                source: e.source,
                 time: e.time,
-                data: e.data.clone(),
+                data: e.data,
             };
             self.evaluator.on_event(&event, e.hops, e.received);
         }

@@ -45,7 +45,7 @@ async fn a_restart_sends_no_extra_repeat() {
     server.terminate();
     let mut server = server.restart();
     server.settle().await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    receiver.settle_at(4).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire", "repeat", "repeat", "repeat"],
@@ -83,7 +83,8 @@ async fn a_silence_that_ends_while_down_still_releases() {
     let mut server = server.restart();
     server.settle().await;
     server.advance("1s").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    receiver.wait_for(1).await;
+    receiver.settle_at(1).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire"],
@@ -284,7 +285,7 @@ async fn a_silence_over_an_already_notified_alert_does_not_renotify() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     server.advance("40m").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    receiver.settle_at(1).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire"],
