@@ -82,6 +82,13 @@ pub const KINDS: &[Kind] = &[
         optional: &["exchange"],
         secrets: &["url"],
     },
+    // Kafka credentials are separate settings, so its broker list is not a secret.
+    Kind {
+        name: "kafka",
+        required: &["url", "topic"],
+        optional: &["username", "password", "sasl_mechanism", "ca_file"],
+        secrets: &["password"],
+    },
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
@@ -190,6 +197,50 @@ pub fn validate(kind_name: &str, settings: &Map<String, Value>) -> Result<(), St
                 && q != 1
             {
                 return Err("`qos` must be 0 or 1".into());
+            }
+        }
+        "kafka" => {
+            for f in [
+                "url",
+                "topic",
+                "username",
+                "password",
+                "sasl_mechanism",
+                "ca_file",
+            ] {
+                string(f)?;
+            }
+            let url = settings.get("url").and_then(Value::as_str).unwrap_or("");
+            let Some(servers) = crate::notify::kafka::SCHEMES
+                .iter()
+                .find_map(|s| url.strip_prefix(s))
+            else {
+                return Err("`url` must start with kafka:// or kafkas://".into());
+            };
+            if servers.trim_end_matches('/').split(',').any(|hp| {
+                hp.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                return Err("`url` must list brokers as host:port, separated by commas".into());
+            }
+            if settings.contains_key("username") && !settings.contains_key("password") {
+                return Err("a Kafka `username` needs a `password` (SASL)".into());
+            }
+            if let Some(m) = settings.get("sasl_mechanism").and_then(Value::as_str)
+                && !crate::notify::kafka::MECHANISMS.contains(&m)
+            {
+                return Err(format!(
+                    "`sasl_mechanism` must be one of {}",
+                    crate::notify::kafka::MECHANISMS.join(", ")
+                ));
+            }
+            let topic = settings.get("topic").and_then(Value::as_str).unwrap_or("");
+            if topic.len() > 249
+                || !topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err("`topic` must be up to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`".into());
             }
         }
         "email" => {

@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod channel;
 pub mod email;
+pub mod kafka;
 pub mod message;
 pub mod mqtt;
 pub mod nats;
@@ -257,6 +258,7 @@ pub fn notifiers(
     out.insert("redis", Arc::new(redis::Redis));
     out.insert("mqtt", Arc::new(mqtt::Mqtt));
     out.insert("amqp", Arc::new(amqp::Amqp));
+    out.insert("kafka", Arc::new(kafka::Kafka::default()));
     out
 }
 

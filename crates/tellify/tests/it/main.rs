@@ -15,6 +15,7 @@ mod failures;
 mod hostile;
 mod ingest;
 mod isolation;
+mod kafka;
 mod notify;
 mod notify_regressions;
 mod regressions;

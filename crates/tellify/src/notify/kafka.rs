@@ -1,0 +1,315 @@
+//! `kafka` channels: produce the alert JSON to a topic, keyed by the alert id (so one alert's
+//! changes land on one partition, in order), with `acks=all`: it counts as sent when every
+//! in-sync replica has it.
+//!
+//! `url` is `kafka://host:port[,host:port…]` (plaintext) or `kafkas://…` (TLS, with the
+//! system's roots or `ca_file`). `username` and `password` turn on SASL (`sasl_mechanism`
+//! `PLAIN` by default, or `SCRAM-SHA-256` / `SCRAM-SHA-512`).
+//!
+//! A producer keeps connections and metadata, so one is kept per distinct configuration
+//! rather than made per send, and dropped after it has been idle a while (so a deleted
+//! channel, or one whose broker is gone, does not keep reconnecting).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext};
+use serde_json::{Map, Value};
+use tracing::{debug, warn};
+
+use super::{Notification, Notifier, NotifyError, setting, webhook};
+
+/// How long one message may take to be acknowledged before the send fails (and is retried by
+/// the outbox). Under the worker's 30-second limit on a send.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Distinct producer configurations kept; past this the cache starts over.
+const MAX_PRODUCERS: usize = 64;
+
+/// A producer unused this long is closed.
+const IDLE: Duration = Duration::from_secs(15 * 60);
+
+pub const SCHEMES: &[&str] = &["kafka://", "kafkas://"];
+pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+#[derive(Default)]
+pub struct Kafka {
+    producers: Mutex<HashMap<Vec<(&'static str, String)>, Cached>>,
+}
+
+type Producer = FutureProducer<Quiet>;
+
+struct Cached {
+    producer: Producer,
+    logged_errors: LoggedErrors,
+    used: Instant,
+}
+
+/// The client errors logged for a producer since its last successful send.
+type LoggedErrors = Arc<Mutex<HashSet<String>>>;
+
+/// librdkafka reports a broker that is down several times a second, for as long as it is
+/// down: its log goes to debug, and each distinct client error is logged once (again only
+/// after a send has gone through). The outbox records each failed delivery anyway.
+struct Quiet {
+    logged_errors: LoggedErrors,
+}
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: RDKafkaLogLevel, facility: &str, message: &str) {
+        debug!(target: "tellify::kafka", facility, message);
+    }
+
+    fn error(&self, error: KafkaError, _reason: &str) {
+        // The reason names brokers; the error says what kind of failure it is.
+        let text = error.to_string();
+        let mut logged = self
+            .logged_errors
+            .lock()
+            .expect("kafka error state poisoned");
+        if !logged.contains(&text) {
+            warn!(
+                message = "A Kafka channel's client failed; repeats are not logged.",
+                error = text.as_str()
+            );
+            logged.insert(text);
+        }
+    }
+}
+
+impl Kafka {
+    fn producer(
+        &self,
+        settings: &Map<String, Value>,
+    ) -> Result<(Producer, LoggedErrors), NotifyError> {
+        let config = client_config(settings)?;
+        let now = Instant::now();
+        let mut producers = self.producers.lock().expect("kafka producers poisoned");
+        producers.retain(|_, c| now.duration_since(c.used) < IDLE);
+        if let Some(c) = producers.get_mut(&config) {
+            c.used = now;
+            return Ok((c.producer.clone(), c.logged_errors.clone()));
+        }
+        let mut client = ClientConfig::new();
+        for (k, v) in &config {
+            client.set(*k, v);
+        }
+        // librdkafka's errors name brokers, not credentials; still, say only what failed.
+        let logged_errors = LoggedErrors::default();
+        let context = Quiet {
+            logged_errors: logged_errors.clone(),
+        };
+        let producer: Producer = client.create_with_context(context).map_err(|e| {
+            NotifyError::permanent(format!("the Kafka settings were refused: {}", code(&e)))
+        })?;
+        if producers.len() >= MAX_PRODUCERS {
+            producers.clear();
+        }
+        producers.insert(
+            config,
+            Cached {
+                producer: producer.clone(),
+                logged_errors: logged_errors.clone(),
+                used: now,
+            },
+        );
+        Ok((producer, logged_errors))
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for Kafka {
+    async fn send(
+        &self,
+        settings: &Map<String, Value>,
+        n: &Notification,
+    ) -> Result<(), NotifyError> {
+        let topic = setting(settings, "topic")?;
+        let (producer, logged_errors) = self.producer(settings)?;
+        let body = webhook::default_body(n).to_string();
+        let key = n.first().id.as_str();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "tellify-delivery-id",
+                value: Some(n.id.as_str()),
+            });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(&body)
+            .headers(headers);
+        match producer.send(record, Timeout::After(MESSAGE_TIMEOUT)).await {
+            Ok(_) => {
+                logged_errors
+                    .lock()
+                    .expect("kafka error state poisoned")
+                    .clear();
+                Ok(())
+            }
+            Err((e, _)) => Err(classify(&e)),
+        }
+    }
+}
+
+/// The librdkafka configuration for a channel's settings, as sorted pairs (the cache key).
+fn client_config(
+    settings: &Map<String, Value>,
+) -> Result<Vec<(&'static str, String)>, NotifyError> {
+    let url = setting(settings, "url")?;
+    let (tls, servers) = if let Some(rest) = url.strip_prefix("kafkas://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("kafka://") {
+        (false, rest)
+    } else {
+        return Err(NotifyError::permanent(
+            "`url` must start with kafka:// or kafkas://",
+        ));
+    };
+    let servers = servers.trim_end_matches('/');
+    let str_of = |name: &str| settings.get(name).and_then(Value::as_str);
+    let sasl = str_of("username").is_some();
+    let protocol = match (tls, sasl) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    let mut config = vec![
+        ("bootstrap.servers", servers.to_owned()),
+        ("security.protocol", protocol.to_owned()),
+        ("acks", "all".to_owned()),
+        (
+            "message.timeout.ms",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        ),
+        ("client.id", "tellify".to_owned()),
+    ];
+    if let Some(ca) = str_of("ca_file") {
+        config.push(("ssl.ca.location", ca.to_owned()));
+    }
+    if sasl {
+        config.push((
+            "sasl.mechanism",
+            str_of("sasl_mechanism").unwrap_or("PLAIN").to_owned(),
+        ));
+        config.push(("sasl.username", setting(settings, "username")?.to_owned()));
+        config.push(("sasl.password", setting(settings, "password")?.to_owned()));
+    }
+    config.sort();
+    Ok(config)
+}
+
+/// Only the error's code is passed on: the message can name brokers.
+fn code(e: &KafkaError) -> String {
+    match e.rdkafka_error_code() {
+        Some(c) => format!("{c:?}"),
+        None => "invalid configuration".to_owned(),
+    }
+}
+
+/// Refusals a retry cannot change are permanent; everything else (a broker down, a leader
+/// moving, a timeout, a failed login, as with SMTP) is retried by the outbox.
+fn classify(e: &KafkaError) -> NotifyError {
+    use RDKafkaErrorCode as C;
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidTopic
+                | C::InvalidRecord
+                | C::UnsupportedForMessageFormat
+        )
+    );
+    let message = match e.rdkafka_error_code() {
+        Some(C::MessageTimedOut) => format!(
+            "Kafka: no broker took the message within {} s (MessageTimedOut)",
+            MESSAGE_TIMEOUT.as_secs()
+        ),
+        _ => format!("Kafka: {}", code(e)),
+    };
+    if permanent {
+        NotifyError::permanent(message)
+    } else {
+        NotifyError::retry(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn config(settings: Value) -> HashMap<&'static str, String> {
+        client_config(settings.as_object().expect("object"))
+            .expect("config")
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn scheme_and_credentials_choose_the_security_protocol() {
+        let plain = config(json!({"url": "kafka://a:9092,b:9092/", "topic": "t"}));
+        assert_eq!(plain["bootstrap.servers"], "a:9092,b:9092");
+        assert_eq!(plain["security.protocol"], "plaintext");
+        assert_eq!(plain["acks"], "all");
+        assert!(!plain.contains_key("sasl.username"));
+
+        let tls = config(json!({"url": "kafkas://a:9093", "topic": "t", "ca_file": "/ca.pem"}));
+        assert_eq!(tls["security.protocol"], "ssl");
+        assert_eq!(tls["ssl.ca.location"], "/ca.pem");
+
+        let sasl = config(json!({"url": "kafkas://a:9093", "topic": "t",
+            "username": "svc", "password": "pw"}));
+        assert_eq!(sasl["security.protocol"], "sasl_ssl");
+        assert_eq!(sasl["sasl.mechanism"], "PLAIN");
+        assert_eq!(sasl["sasl.username"], "svc");
+        assert_eq!(sasl["sasl.password"], "pw");
+
+        let scram = config(json!({"url": "kafka://a:9092", "topic": "t",
+            "username": "svc", "password": "pw", "sasl_mechanism": "SCRAM-SHA-512"}));
+        assert_eq!(scram["security.protocol"], "sasl_plaintext");
+        assert_eq!(scram["sasl.mechanism"], "SCRAM-SHA-512");
+    }
+
+    #[test]
+    fn librdkafka_accepts_every_configuration_the_api_allows() {
+        for settings in [
+            json!({"url": "kafka://a:9092", "topic": "t"}),
+            json!({"url": "kafkas://a:9093", "topic": "t"}),
+            json!({"url": "kafkas://a:9093", "topic": "t", "username": "u", "password": "p",
+                "sasl_mechanism": "SCRAM-SHA-256"}),
+            json!({"url": "kafka://a:9092", "topic": "t", "username": "u", "password": "p"}),
+        ] {
+            let kafka = Kafka::default();
+            assert!(
+                kafka
+                    .producer(settings.as_object().expect("object"))
+                    .is_ok(),
+                "{settings}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_a_retry_cannot_change_are_permanent() {
+        let refused = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert!(!classify(&refused).retryable);
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let e = classify(&timed_out);
+        assert!(e.retryable);
+        assert!(e.message.contains("within 20 s"), "{}", e.message);
+    }
+}
