@@ -892,6 +892,7 @@ async fn rss(report: &mut Report) {
     if srv.log().lines().count() > 1 {
         println!("  server log:\n{}", srv.log());
     }
+    pause(&srv);
     // The same data after a restart: rules and open alerts restored, nothing in flight.
     let (srv, restore) = srv.restart();
     let open = srv.metric("tellify_alerts_open").await;

@@ -34,6 +34,8 @@ use crate::store::{
 
 /// Events read per replay step at start.
 const REPLAY_CHUNK: i64 = 5_000;
+/// Open alerts read per page at a restart.
+const RESTORE_PAGE: i64 = 5_000;
 /// Events evaluated before a commit, when commands queue up.
 const MAX_BATCH_EVENTS: usize = 20_000;
 
@@ -304,9 +306,25 @@ impl Engine {
         self.evaluator.drain();
         self.evaluator.take_dirty();
         let snapshot = self.block_on(store.load_engine())?;
-        for open in &snapshot.open {
-            self.evaluator
-                .restore_open(&open.alert, open.status, open.fired_at, open.acked, now);
+        let mut after = None;
+        let mut open_alerts = 0;
+        loop {
+            let page = self.block_on(store.open_alerts(after.as_ref(), RESTORE_PAGE))?;
+            for open in &page {
+                self.evaluator.restore_open(
+                    &open.alert,
+                    open.status,
+                    open.fired_at,
+                    open.acked,
+                    now,
+                );
+            }
+            open_alerts += page.len();
+            let full = page.len() as i64 == RESTORE_PAGE;
+            after = page.into_iter().last().map(|open| open.alert);
+            if !full {
+                break;
+            }
         }
         let outbox = self.parts.outbox.clone();
         self.runtime
@@ -333,7 +351,7 @@ impl Engine {
         info!(
             message = "Engine restored.",
             rules = rules.len(),
-            open_alerts = snapshot.open.len(),
+            open_alerts,
             replayed_events = replayed,
             checkpoint = self.checkpoint
         );

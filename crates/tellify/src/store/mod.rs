@@ -196,9 +196,6 @@ pub struct HistoryFilter {
 pub struct EngineSnapshot {
     pub checkpoint: i64,
     pub states: Vec<(String, String, String, Value)>,
-    /// The open alerts: only which they are and what repeats need (whole rows of many alerts
-    /// would take far more memory than the engine keeps of them).
-    pub open: Vec<OpenAlert>,
 }
 
 /// An open alert as the engine restores it.
@@ -313,6 +310,14 @@ pub trait Store: Send + Sync {
 
     // The engine.
     async fn load_engine(&self) -> Result<EngineSnapshot>;
+    /// The open alerts after `after` (by owner, rule, key), `limit` at a time: only which they
+    /// are and what repeats need. Read in pages because a whole read of many alerts at once
+    /// left its peak in the allocators (SQLite's copies of every row, then the list).
+    async fn open_alerts(
+        &self,
+        after: Option<&tellify_core::alert::AlertKey>,
+        limit: i64,
+    ) -> Result<Vec<OpenAlert>>;
     /// Starts an engine batch's transaction.
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>>;
 

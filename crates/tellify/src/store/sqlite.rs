@@ -21,8 +21,8 @@ use tellify_core::alert::{AlertKey, Change, Status};
 
 use super::{
     Alert, AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
-    HistoryEntry, HistoryFilter, NewDelivery, NewEvent, RuleWrite, SourceInfo, StatField, Store,
-    StoredEvent, StoredRule, TokenInfo, User,
+    HistoryEntry, HistoryFilter, NewDelivery, NewEvent, OpenAlert, RuleWrite, SourceInfo,
+    StatField, Store, StoredEvent, StoredRule, TokenInfo, User,
 };
 
 /// Rows per multi-row INSERT: SQLite allows 32,766 bound parameters, events take 5 each.
@@ -765,24 +765,39 @@ impl Store for SqliteStore {
                 )
             })
             .collect();
-        let open = sqlx::query(
-            "SELECT id, owner, rule, key, status, fired_at, acked_at FROM alerts WHERE status != 'resolved'",
+        Ok(EngineSnapshot { checkpoint, states })
+    }
+
+    async fn open_alerts(&self, after: Option<&AlertKey>, limit: i64) -> Result<Vec<OpenAlert>> {
+        // Keyset pages over the partial index of open alerts (owner, rule, key).
+        let (owner, rule, key) = after.map_or(("", "", ""), |a| {
+            (a.owner.as_str(), a.rule.as_str(), a.key.as_str())
+        });
+        let rows = sqlx::query(
+            "SELECT id, owner, rule, key, status, fired_at, acked_at FROM alerts \
+             WHERE status != 'resolved' AND (owner, rule, key) > (?, ?, ?) \
+             ORDER BY owner, rule, key LIMIT ?",
         )
+        .bind(owner)
+        .bind(rule)
+        .bind(key)
+        .bind(limit)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| super::OpenAlert {
-            alert: AlertKey { id: r.get("id"), owner: r.get("owner"), rule: r.get("rule"), key: r.get("key") },
-            status: r.get::<&str, _>("status").parse().unwrap_or(Status::Firing),
-            fired_at: r.get("fired_at"),
-            acked: r.get::<Option<i64>, _>("acked_at").is_some(),
-        })
-        .collect();
-        Ok(EngineSnapshot {
-            checkpoint,
-            states,
-            open,
-        })
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OpenAlert {
+                alert: AlertKey {
+                    id: r.get("id"),
+                    owner: r.get("owner"),
+                    rule: r.get("rule"),
+                    key: r.get("key"),
+                },
+                status: r.get::<&str, _>("status").parse().unwrap_or(Status::Firing),
+                fired_at: r.get("fired_at"),
+                acked: r.get::<Option<i64>, _>("acked_at").is_some(),
+            })
+            .collect())
     }
 
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>> {
@@ -942,5 +957,75 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// A restart reads open alerts in pages; every open one comes back once, none resolved,
+    /// whatever the keys (a key equal across rules, a rule name that prefixes another).
+    #[tokio::test]
+    async fn open_alerts_come_back_page_by_page_each_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .expect("open");
+        let mut expected = HashSet::new();
+        let mut tx = store.pool().begin().await.expect("tx");
+        for i in 0..2_345 {
+            let owner = ["alice", "bob"][i % 2];
+            let rule = ["r", "r2", "rule"][i % 3];
+            let key = format!("k{}", i % 400);
+            let status = match i % 5 {
+                0 => "resolved",
+                1 => "pending",
+                _ => "firing",
+            };
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO alerts (id, owner, rule, key, status, severity, summary, \
+                 first_seen, last_seen, acked_at) VALUES (?, ?, ?, ?, ?, 'warning', '', 0, 0, ?)",
+            )
+            .bind(format!("a{i:05}"))
+            .bind(owner)
+            .bind(rule)
+            .bind(&key)
+            .bind(status)
+            .bind((i % 7 == 0).then_some(5_i64))
+            .execute(&mut *tx)
+            .await
+            .expect("insert")
+            .rows_affected();
+            if inserted == 1 && status != "resolved" {
+                expected.insert(format!("a{i:05}"));
+            }
+        }
+        tx.commit().await.expect("commit");
+        assert!(expected.len() > 900, "{}", expected.len());
+
+        let mut seen = HashSet::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = store.open_alerts(after.as_ref(), 100).await.expect("page");
+            pages += 1;
+            for open in &page {
+                assert!(
+                    seen.insert(open.alert.id.clone()),
+                    "{} twice",
+                    open.alert.id
+                );
+            }
+            let full = page.len() == 100;
+            after = page.into_iter().last().map(|o| o.alert);
+            if !full {
+                break;
+            }
+        }
+        assert_eq!(seen, expected);
+        assert!(pages >= 10, "{pages} pages");
     }
 }
