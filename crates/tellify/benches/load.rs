@@ -81,7 +81,19 @@ impl Server {
     }
 
     fn spawn(dir: Arc<tempfile::TempDir>) -> (Server, Duration) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tellify"));
+        // TELLIFY_BENCH_WRAP runs the server under a tool, e.g. `heaptrack -o /tmp/ht` (with
+        // `--no-default-features`, so heaptrack sees the allocations). Memory figures are then
+        // the tool's, not the server's.
+        let wrap = std::env::var("TELLIFY_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(env!("CARGO_BIN_EXE_tellify"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tellify")),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

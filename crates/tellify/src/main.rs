@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// See Cargo.toml: mimalloc returns freed memory to the system where glibc's allocator keeps it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
