@@ -211,13 +211,10 @@ pub fn validate(kind_name: &str, settings: &Map<String, Value>) -> Result<(), St
                 string(f)?;
             }
             let url = settings.get("url").and_then(Value::as_str).unwrap_or("");
-            let Some(servers) = crate::notify::kafka::SCHEMES
-                .iter()
-                .find_map(|s| url.strip_prefix(s))
-            else {
+            let Some((_, servers)) = crate::notify::kafka::parse_url(url) else {
                 return Err("`url` must start with kafka:// or kafkas://".into());
             };
-            if servers.trim_end_matches('/').split(',').any(|hp| {
+            if servers.split(',').any(|hp| {
                 hp.rsplit_once(':')
                     .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             }) {

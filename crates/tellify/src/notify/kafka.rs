@@ -35,7 +35,6 @@ const MAX_PRODUCERS: usize = 64;
 /// A producer unused this long is closed.
 const IDLE: Duration = Duration::from_secs(15 * 60);
 
-pub const SCHEMES: &[&str] = &["kafka://", "kafkas://"];
 pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 #[derive(Default)]
@@ -100,11 +99,11 @@ impl Kafka {
         for (k, v) in &config {
             client.set(*k, v);
         }
-        // librdkafka's errors name brokers, not credentials; still, say only what failed.
         let logged_errors = LoggedErrors::default();
         let context = Quiet {
             logged_errors: logged_errors.clone(),
         };
+        // librdkafka's errors can name brokers: say only what failed.
         let producer: Producer = client.create_with_context(context).map_err(|e| {
             NotifyError::permanent(format!("the Kafka settings were refused: {}", code(&e)))
         })?;
@@ -160,21 +159,23 @@ impl Notifier for Kafka {
     }
 }
 
+/// Splits a channel's `url` into whether it asks for TLS and its broker list
+/// (`kafkas://a:9093,b:9093/` → `(true, "a:9093,b:9093")`); `None` for another scheme.
+pub fn parse_url(url: &str) -> Option<(bool, &str)> {
+    let (tls, rest) = match url.strip_prefix("kafkas://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("kafka://")?),
+    };
+    Some((tls, rest.trim_end_matches('/')))
+}
+
 /// The librdkafka configuration for a channel's settings, as sorted pairs (the cache key).
 fn client_config(
     settings: &Map<String, Value>,
 ) -> Result<Vec<(&'static str, String)>, NotifyError> {
     let url = setting(settings, "url")?;
-    let (tls, servers) = if let Some(rest) = url.strip_prefix("kafkas://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("kafka://") {
-        (false, rest)
-    } else {
-        return Err(NotifyError::permanent(
-            "`url` must start with kafka:// or kafkas://",
-        ));
-    };
-    let servers = servers.trim_end_matches('/');
+    let (tls, servers) = parse_url(url)
+        .ok_or_else(|| NotifyError::permanent("`url` must start with kafka:// or kafkas://"))?;
     let str_of = |name: &str| settings.get(name).and_then(Value::as_str);
     let sasl = str_of("username").is_some();
     let protocol = match (tls, sasl) {

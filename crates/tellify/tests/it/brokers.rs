@@ -6,11 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port, unique};
 
 /// Makes channel `name`, a rule notifying it, and fires the rule.
 async fn fire_through(server: &mut Server, name: &str, channel: Value) {
@@ -208,11 +204,7 @@ async fn amqp_queue_gets_the_alert() {
 #[tokio::test]
 async fn a_broker_that_is_down_is_retried() {
     let mut server = Server::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     fire_through(
         &mut server,
         "down",

@@ -10,7 +10,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port, unique};
 
 /// The broker binary: `TELLIFY_TEST_TANSU`, else `tansu` on the PATH or in cargo's bin folder.
 fn tansu() -> String {
@@ -153,18 +153,6 @@ impl Record {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
 async fn kafka_rule(server: &Server, channel: &str) {

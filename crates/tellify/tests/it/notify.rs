@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port};
 use crate::receiver::Receiver;
 
 fn verify(secret: &str, body: &[u8], header: Option<&str>) {
@@ -256,11 +256,7 @@ async fn after_the_last_attempt_a_delivery_is_dead_and_the_retry_endpoint_sends_
 #[tokio::test]
 async fn deliveries_pending_at_a_sigkill_are_all_delivered_after_restart() {
     // Take a free port and leave it closed: the receiver is down.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = Server::start().await;
     let (status, _) = server

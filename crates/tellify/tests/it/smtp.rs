@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::free_port;
+
 pub struct SmtpServer {
     child: Child,
     pub port: u16,
@@ -85,11 +87,7 @@ impl SmtpServer {
                 "ext.cnf",
             ],
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let out = d.join("mail.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
         let mut child = Command::new("python3")
