@@ -798,9 +798,13 @@ impl Engine {
         let mut tx = self.block_on(store.begin_engine())?;
         let alerts = self.block_on(tx.apply(commit))?;
         let transitions = transitions(commit, &alerts);
+        // Only a silenced resolve needs to know who heard of the fire (see `Dispatcher::plan`).
         let closing: Vec<String> = transitions
             .iter()
-            .filter(|t| matches!(t.trigger, Trigger::Resolve | Trigger::Disable))
+            .filter(|t| {
+                matches!(t.trigger, Trigger::Resolve | Trigger::Disable)
+                    && self.dispatch.silenced(t.alert, t.at)
+            })
             .map(|t| t.alert.id.clone())
             .collect();
         let told = if closing.is_empty() {

@@ -191,7 +191,7 @@ impl Dispatcher {
             .map(|((o, _), (kind, _))| (o.clone(), kind.clone()))
     }
 
-    fn silenced(&self, alert: &Alert, at: i64) -> bool {
+    pub fn silenced(&self, alert: &Alert, at: i64) -> bool {
         self.silences.iter().any(|(_, s)| {
             let admin = self.users.get(&s.owner).is_some_and(|u| u.admin);
             s.mutes(

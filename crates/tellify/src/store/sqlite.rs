@@ -483,8 +483,11 @@ impl EngineTx for SqliteEngineTx {
         let mut told = super::Told::new();
         for ids in alert_ids.chunks(ALERT_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                // Sent, or still to go (a fire retrying when a silence began): either way the
+                // receiver hears of the fire, so it must hear of the resolve.
                 "SELECT DISTINCT alert_id, channel_owner, channel FROM deliveries
-                 WHERE status = 'sent' AND trigger IN ('fire', 'repeat') AND alert_id IN (",
+                 WHERE status IN ('sent', 'sending', 'pending', 'held')
+                   AND trigger IN ('fire', 'repeat') AND alert_id IN (",
             );
             let mut list = qb.separated(", ");
             for id in ids {
@@ -965,6 +968,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::store::Outbox;
 
     /// A restart reads open alerts in pages; every open one comes back once, none resolved,
     /// whatever the keys (a key equal across rules, a rule name that prefixes another).
@@ -1027,5 +1031,49 @@ mod tests {
         }
         assert_eq!(seen, expected);
         assert!(pages >= 10, "{pages} pages");
+    }
+
+    async fn delivery(store: &SqliteStore, id: &str, alert: &str, channel: &str, due: i64) {
+        sqlx::query(
+            "INSERT INTO deliveries (id, alert_id, owner, channel_owner, channel, channel_kind, \
+             trigger, status, next_attempt_at, changed_at, created_at, snapshot) \
+             VALUES (?, ?, 'alice', 'alice', ?, 'webhook', 'fire', 'pending', ?, 0, 0, '{}')",
+        )
+        .bind(id)
+        .bind(alert)
+        .bind(channel)
+        .bind(due)
+        .execute(store.pool())
+        .await
+        .expect("insert");
+    }
+
+    /// A resolve due now but waiting behind its fire (retrying later) neither fills the claim
+    /// nor makes the worker spin: another channel's due delivery goes, and the next due time
+    /// is that of a delivery that can go.
+    #[tokio::test]
+    async fn deliveries_waiting_behind_a_retry_do_not_starve_others() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .expect("open");
+        delivery(&store, "d1-fire", "a1", "pd", 600_000).await;
+        for i in 0..3 {
+            // Later ids than the fire, due at once: they wait for it.
+            delivery(&store, &format!("d2-resolve-{i}"), "a1", "pd", 0).await;
+        }
+        delivery(&store, "d3-other", "a2", "slack", 5).await;
+        assert_eq!(store.next_due().await.expect("next due"), Some(5));
+        let claimed = store.claim_deliveries(10, 1).await.expect("claim");
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d3-other"]);
+        assert_eq!(store.next_due().await.expect("next due"), Some(600_000));
+        assert!(
+            store
+                .claim_deliveries(10, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
     }
 }

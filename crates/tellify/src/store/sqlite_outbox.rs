@@ -11,6 +11,18 @@ use super::{
     SubscriptionRow,
 };
 
+/// SQL: the delivery aliased `d` is not waiting for an earlier one to the same alert and
+/// channel (UUIDv7 ids sort by creation); deliveries of one digest do not wait for each other.
+fn not_waiting(d: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM deliveries AS e
+             WHERE e.alert_id = {d}.alert_id AND e.channel_owner = {d}.channel_owner
+               AND e.channel = {d}.channel AND e.id < {d}.id
+               AND e.status IN ('pending', 'held', 'sending')
+               AND (e.digest IS NULL OR {d}.digest IS NULL OR e.digest != {d}.digest))"
+    )
+}
+
 fn json_text(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("JSON values always serialize")
 }
@@ -264,21 +276,25 @@ impl Outbox for SqliteStore {
         let mut tx = self.pool().begin().await?;
         // A digest is claimed whole, however many alerts it holds, so it goes as one message.
         // A delivery waits while an earlier one for the same alert and channel is still to go
-        // (outside its own digest): a retried fire must not arrive after its resolve. Ids are
-        // UUIDv7, so they sort by creation.
-        let rows = sqlx::query(
+        // (outside its own digest): a retried fire must not arrive after its resolve. Waiting
+        // rows are left out before the limit, or a few of them (a resolve behind a fire that
+        // retries in ten minutes) would fill every claim and starve the other channels.
+        // Only fixed SQL is put together here.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE deliveries AS d SET status = 'sending'
              WHERE d.status IN ('pending', 'held') AND (
-                 d.id IN (SELECT id FROM deliveries WHERE status IN ('pending', 'held') AND next_attempt_at <= ?1
-                          ORDER BY next_attempt_at LIMIT ?2)
-                 OR d.digest IN (SELECT digest FROM deliveries WHERE status = 'held' AND digest IS NOT NULL
-                                 AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2))
-               AND NOT EXISTS (SELECT 1 FROM deliveries AS e
-                   WHERE e.alert_id = d.alert_id AND e.channel_owner = d.channel_owner AND e.channel = d.channel
-                     AND e.id < d.id AND e.status IN ('pending', 'held', 'sending')
-                     AND (e.digest IS NULL OR d.digest IS NULL OR e.digest != d.digest))
+                 d.id IN (SELECT f.id FROM deliveries AS f
+                          WHERE f.status IN ('pending', 'held') AND f.next_attempt_at <= ?1 AND {f}
+                          ORDER BY f.next_attempt_at LIMIT ?2)
+                 OR d.digest IN (SELECT f.digest FROM deliveries AS f
+                                 WHERE f.status = 'held' AND f.digest IS NOT NULL
+                                   AND f.next_attempt_at <= ?1 AND {f}
+                                 ORDER BY f.next_attempt_at LIMIT ?2))
+               AND {d}
              RETURNING *",
-        )
+            f = not_waiting("f"),
+            d = not_waiting("d"),
+        )))
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *tx)
@@ -333,7 +349,12 @@ impl Outbox for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<i64>> {
         Ok(sqlx::query(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'held')",
+            // A waiting row is due when the one it waits for has gone, which is counted itself.
+            sqlx::AssertSqlSafe(format!(
+                "SELECT MIN(d.next_attempt_at) FROM deliveries AS d
+                 WHERE d.status IN ('pending', 'held') AND {}",
+                not_waiting("d")
+            )),
         )
         .fetch_one(self.pool())
         .await?

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port};
 use crate::receiver::Receiver;
 
 async fn hook(server: &Server, name: &str, receiver: &Receiver, extra: Value) {
@@ -445,4 +445,59 @@ async fn a_resolve_during_a_silence_reaches_channels_told_of_the_fire() {
         2,
         "b's fire and resolve"
     );
+}
+
+#[tokio::test]
+async fn a_resolve_during_a_silence_follows_a_fire_that_is_still_retrying() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    // The receiver is down: the fire is accepted, not yet sent.
+    let down = format!("http://127.0.0.1:{}/ops", free_port());
+    hook(&server, "ops", &receiver, json!({"url": down})).await;
+    server
+        .rule(ADMIN, json!({"name": "m", "source": "s", "when": "event.up == false", "resolve_when": "event.up == true",
+            "group_by": ["host"], "notify": ["ops"]}))
+        .await;
+    server
+        .send(
+            ADMIN,
+            "s",
+            "application/json",
+            r#"{"host": "a", "up": false}"#,
+        )
+        .await;
+    server.settle().await;
+    server
+        .deliveries_until(ADMIN, "status=pending", |d| {
+            d.first().is_some_and(|d| d["attempts"] == 1)
+        })
+        .await;
+    let (status, _) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({"matchers": {"rule": "m"}, "ends_at": "2026-11-25T12:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server
+        .send(
+            ADMIN,
+            "s",
+            "application/json",
+            r#"{"host": "a", "up": true}"#,
+        )
+        .await;
+    server.settle().await;
+    // The fire will reach the receiver when it is back, so the resolve must follow it.
+    let pending = server
+        .deliveries_until(ADMIN, "status=pending", |d| d.len() == 2)
+        .await;
+    let mut triggers: Vec<&str> = pending
+        .iter()
+        .filter_map(|d| d["trigger"].as_str())
+        .collect();
+    triggers.sort();
+    assert_eq!(triggers, ["fire", "resolve"]);
+    assert!(server.deliveries(ADMIN, "status=silenced").await.is_empty());
 }
