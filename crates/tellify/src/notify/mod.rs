@@ -218,7 +218,9 @@ impl Policy {
             .min(self.max_delay);
         let jitter = rand::rng().random_range(0.8..1.2);
         let delay = raw.mul_f64(jitter);
-        retry_after.map_or(delay, |r| delay.max(r))
+        // A receiver may ask for any wait; past the longest backoff it is not honoured (and a
+        // huge one would overflow the next attempt's time).
+        retry_after.map_or(delay, |r| delay.max(r.min(self.max_delay)))
     }
 }
 
@@ -376,9 +378,9 @@ impl Worker {
                     // Only failures of the receiver count against it, not refusals of one message.
                     if e.retryable {
                         breaker.failures += 1;
-                    }
-                    if breaker.failures >= self.policy.breaker_failures {
-                        breaker.open_until = now + self.policy.breaker_open.as_millis() as i64;
+                        if breaker.failures >= self.policy.breaker_failures {
+                            breaker.open_until = now + self.policy.breaker_open.as_millis() as i64;
+                        }
                     }
                     if e.retryable && attempts < self.policy.max_attempts {
                         let delay = self.policy.backoff(attempts, e.retry_after);
@@ -524,6 +526,10 @@ mod tests {
             assert!(d >= raw * 0.8 && d <= raw * 1.2, "attempt {attempts}: {d}s");
         }
         assert!(p.backoff(1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(u64::MAX))),
+            p.max_delay
+        );
         // Nine gaps between ten attempts: about an hour.
         let total: f64 = (1..=9).map(|a| (7.0 * 2f64.powi(a - 1)).min(1800.0)).sum();
         assert!((3000.0..4500.0).contains(&total), "{total}");
