@@ -565,12 +565,25 @@ impl Evaluator {
         }
     }
 
+    /// Where `alert` is held open — only if it is that very alert (by id): a person acts on
+    /// the alert they saw, not on a newer one that has since opened for the same key.
+    fn open_slot(&self, alert: &AlertKey) -> Option<(RuleId, String)> {
+        let &id = self
+            .by_name
+            .get(&(alert.owner.clone(), alert.rule.clone()))?;
+        let slot = (id, alert.key.clone());
+        self.open
+            .get(&slot)
+            .is_some_and(|open| open.id == alert.id)
+            .then_some(slot)
+    }
+
     /// A person acknowledged an alert: no more repeats.
     pub fn acknowledge(&mut self, alert: &AlertKey) {
-        let Some(&id) = self.by_name.get(&(alert.owner.clone(), alert.rule.clone())) else {
+        let Some(slot) = self.open_slot(alert) else {
             return;
         };
-        let slot = (id, alert.key.clone());
+        let id = slot.0;
         if let Some(open) = self.open.get_mut(&slot) {
             open.acked = true;
             if let Some(due) = open.repeat_at.take() {
@@ -609,19 +622,14 @@ impl Evaluator {
 
     /// Whether the evaluator holds `alert` open (pending or firing).
     pub fn is_open(&self, alert: &AlertKey) -> bool {
-        self.by_name
-            .get(&(alert.owner.clone(), alert.rule.clone()))
-            .is_some_and(|id| self.open.contains_key(&(*id, alert.key.clone())))
+        self.open_slot(alert).is_some()
     }
 
     /// A person resolved an alert by hand: forget it, so the next match opens a new one.
     pub fn resolve_by_hand(&mut self, alert: &AlertKey, now: i64) -> bool {
-        let Some(&id) = self.by_name.get(&(alert.owner.clone(), alert.rule.clone())) else {
+        let Some((id, _)) = self.open_slot(alert) else {
             return false;
         };
-        if !self.open.contains_key(&(id, alert.key.clone())) {
-            return false;
-        }
         self.close(id, &alert.key, now, ResolveReason::Manual);
         let kind = self.rules[id as usize].as_ref().map(|r| r.spec.kind);
         match kind {
@@ -2065,6 +2073,13 @@ mod tests {
             rule: "t".into(),
             key: "t".into(),
         };
+        let stale = AlertKey {
+            id: "an-older-alert".into(),
+            ..alert.clone()
+        };
+        assert!(!ev.is_open(&stale), "only the alert with that id");
+        assert!(!ev.resolve_by_hand(&stale, MIN));
+        assert!(ev.drain().changes.is_empty());
         assert!(ev.resolve_by_hand(&alert, MIN));
         assert!(matches!(
             ev.drain().changes[..],
