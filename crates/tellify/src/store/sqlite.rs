@@ -700,6 +700,8 @@ impl Store for SqliteStore {
     }
 
     async fn prune_events(&self, before: i64) -> Result<u64> {
+        // In the write turn like every writer, not in SQLite's busy handler.
+        let _writing = self.writing().await;
         let done = sqlx::query(
             "DELETE FROM events WHERE received < ? AND seq <= (SELECT checkpoint FROM engine WHERE id = 1)",
         )
@@ -710,14 +712,18 @@ impl Store for SqliteStore {
     }
 
     async fn prune_alerts(&self, before: i64) -> Result<u64> {
+        let _writing = self.writing().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // With the alert go its history and its finished deliveries (each holds a copy of the
+        // alert); a delivery still to go stays until it has gone.
+        for table in [
             "DELETE FROM alert_history WHERE alert_id IN
                  (SELECT id FROM alerts WHERE status = 'resolved' AND resolved_at < ?)",
-        )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?;
+            "DELETE FROM deliveries WHERE status IN ('sent', 'dead', 'silenced') AND alert_id IN
+                 (SELECT id FROM alerts WHERE status = 'resolved' AND resolved_at < ?)",
+        ] {
+            sqlx::query(table).bind(before).execute(&mut *tx).await?;
+        }
         let done = sqlx::query("DELETE FROM alerts WHERE status = 'resolved' AND resolved_at < ?")
             .bind(before)
             .execute(&mut *tx)

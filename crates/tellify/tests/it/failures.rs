@@ -150,10 +150,19 @@ async fn disabling_or_deleting_a_rule_resolves_its_alerts() {
 #[tokio::test]
 async fn resolved_alerts_are_kept_for_the_history_retention_then_pruned() {
     let mut server = Server::start_with(&["--history-retention", "30d"]).await;
+    let receiver = crate::receiver::Receiver::start().await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/ops",
+            &json!({"kind": "webhook", "url": receiver.url("/ops")}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
     server
         .rule(
             ADMIN,
-            json!({"name": "m", "source": "s", "when": "true", "group_by": ["k"]}),
+            json!({"name": "m", "source": "s", "when": "true", "group_by": ["k"], "notify": ["ops"]}),
         )
         .await;
     server
@@ -181,6 +190,10 @@ async fn resolved_alerts_are_kept_for_the_history_retention_then_pruned() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    // Two fires and a resolve, sent.
+    server
+        .deliveries_until(ADMIN, "status=sent", |d| d.len() == 3)
+        .await;
 
     server.advance("29d").await;
     let server = server.restart();
@@ -209,4 +222,8 @@ async fn resolved_alerts_are_kept_for_the_history_retention_then_pruned() {
             .iter()
             .all(|h| h["alert_id"] != id.as_str())
     );
+    // Its deliveries (each a copy of the alert) went with it.
+    let kept = server.deliveries(ADMIN, "").await;
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(kept[0]["alert_id"], left[0]["id"]);
 }
