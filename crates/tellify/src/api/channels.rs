@@ -273,7 +273,7 @@ pub async fn test_channel(
         format: None,
         template: None,
     };
-    match notifier.send(&settings, &n).await {
+    match crate::notify::send_in_time(notifier.as_ref(), &settings, &n).await {
         Ok(()) => Ok(Json(json!({ "sent": true }))),
         Err(e) => Err(
             ApiError::new(StatusCode::BAD_GATEWAY, "delivery_failed", e.message)

@@ -499,10 +499,26 @@ impl Worker {
                 .and_then(|f| serde_json::from_value(Value::String(f.to_owned())).ok()),
             template: first.template.clone(),
         };
-        match tokio::time::timeout(Duration::from_secs(30), notifier.send(&settings, &n)).await {
-            Ok(result) => result,
-            Err(_) => Err(NotifyError::retry("timed out after 30s")),
-        }
+        send_in_time(notifier.as_ref(), &settings, &n).await
+    }
+}
+
+/// The longest one send may take, whoever sends (the worker, a channel test): a receiver that
+/// accepts a connection and then never answers fails it, to be retried.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `n`, failing (retryably) after [`SEND_TIMEOUT`].
+pub async fn send_in_time(
+    notifier: &dyn Notifier,
+    settings: &Map<String, Value>,
+    n: &Notification,
+) -> Result<(), NotifyError> {
+    match tokio::time::timeout(SEND_TIMEOUT, notifier.send(settings, n)).await {
+        Ok(result) => result,
+        Err(_) => Err(NotifyError::retry(format!(
+            "timed out after {} s",
+            SEND_TIMEOUT.as_secs()
+        ))),
     }
 }
 

@@ -19,8 +19,6 @@ use crate::engine::{Command, EngineHandle};
 use crate::metrics::{Metrics, SourceLabel};
 use crate::store::{EventBatch, NewEvent, Store, StoredEvent, User};
 
-/// Events written per transaction at most; more wait for the next one.
-const MAX_GROUP_EVENTS: usize = 50_000;
 /// Events stored but not yet evaluated that the engine's queue may hold. Past that the writer
 /// waits for the engine before storing more: ingest slows to the engine's pace instead of the
 /// queue (and the server's memory) growing for as long as events come faster than rules run.
@@ -146,7 +144,9 @@ async fn writer(
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let mut total = jobs[0].batch.events.len();
-        while total < MAX_GROUP_EVENTS {
+        // A group is no larger than the engine's queue may hold (give or take the request that
+        // crosses the line), so the lag bound is one on memory too.
+        while total < MAX_ENGINE_LAG {
             match rx.try_recv() {
                 Ok(job) => {
                     total += job.batch.events.len();
