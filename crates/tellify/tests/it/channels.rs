@@ -323,6 +323,7 @@ async fn slack_gets_a_fallback_text_and_block_kit_blocks() {
         .await;
     server.settle().await;
     let got = receiver.wait_for(2).await;
+    let mut hosts = Vec::new();
     for r in &got {
         assert_eq!(r.path, "/services/T0/B0/x");
         let body = r.json();
@@ -346,6 +347,7 @@ async fn slack_gets_a_fallback_text_and_block_kit_blocks() {
                 .contains("disk-full")
         );
         let host = if text.contains("db1") { "db1" } else { "db2" };
+        hosts.push(host);
         let summary = blocks
             .iter()
             .find(|b| b["type"] == "section" && b["text"]["type"] == "mrkdwn")
@@ -409,6 +411,8 @@ async fn slack_gets_a_fallback_text_and_block_kit_blocks() {
             ])
         );
     }
+    hosts.sort();
+    assert_eq!(hosts, ["db1", "db2"], "one message per alert");
 
     // The digest: a header, then one section line per alert.
     server.advance("1m").await;

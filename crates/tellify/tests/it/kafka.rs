@@ -12,20 +12,24 @@ use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port, unique};
 
-/// The broker binary: `TELLIFY_TEST_TANSU`, else `tansu` on the PATH or in cargo's bin folder.
+/// The broker binary: `TELLIFY_TEST_TANSU`, else where scripts/test installs it, else `tansu`
+/// on the PATH.
 fn tansu() -> String {
     if let Ok(path) = std::env::var("TELLIFY_TEST_TANSU") {
         return path;
     }
     let home = std::env::var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    let in_cargo = format!("{home}/bin/tansu");
-    if std::path::Path::new(&in_cargo).exists() {
-        in_cargo
+    let installed = format!("{home}/tellify-test-tools/bin/tansu");
+    if std::path::Path::new(&installed).exists() {
+        installed
     } else {
         "tansu".to_owned()
     }
 }
+
+/// How long a read waits for messages that should be there.
+const READ_WAIT: Duration = Duration::from_secs(20);
 
 /// A tansu broker on its own port, killed on drop.
 struct Broker {
@@ -88,8 +92,8 @@ impl Broker {
         assert!(status.success(), "creating topic {topic}");
     }
 
-    /// Reads the topic's partition 0 from the start until `n` messages came (or 20 s passed).
-    fn read(&self, topic: &str, n: usize) -> Vec<Record> {
+    /// Reads the topic's partition 0 from the start until `n` messages came or `wait` passed.
+    fn read(&self, topic: &str, n: usize, wait: Duration) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
             .set(
@@ -104,7 +108,7 @@ impl Broker {
             .expect("partition");
         consumer.assign(&tpl).expect("assign");
         let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + wait;
         while out.len() < n && std::time::Instant::now() < deadline {
             let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
@@ -193,7 +197,7 @@ async fn kafka_topic_gets_each_change_keyed_by_alert() {
     send_hot(&mut server, true).await;
     send_hot(&mut server, false).await;
 
-    let records = broker.read(&topic, 2);
+    let records = broker.read(&topic, 2, READ_WAIT);
     assert_eq!(records.len(), 2, "a fire and a resolve");
     let (fire, resolve) = (&records[0], &records[1]);
     assert_eq!(fire.body["trigger"], "fire", "{}", fire.body);
@@ -221,7 +225,7 @@ async fn kafka_topic_gets_each_change_keyed_by_alert() {
         .post_json(ADMIN, "/api/v1/channels/kafka/test", &json!({}))
         .await;
     assert!(status.is_success(), "{status} {body}");
-    assert_eq!(broker.read(&topic, 3).len(), 3);
+    assert_eq!(broker.read(&topic, 3, READ_WAIT).len(), 3);
     server.terminate();
 }
 
@@ -264,7 +268,8 @@ async fn kafka_broker_down_is_retried_until_it_is_back() {
     server
         .deliveries_until(ADMIN, "status=sent", |d| d.len() == 1)
         .await;
-    let records = broker.read(&topic, 2);
+    // Delivered: the one message is there. Once: no second one comes within a few seconds.
+    let records = broker.read(&topic, 2, Duration::from_secs(3));
     assert_eq!(records.len(), 1, "delivered once");
     assert_eq!(records[0].body["trigger"], "fire");
     server.terminate();

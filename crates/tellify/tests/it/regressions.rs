@@ -99,16 +99,29 @@ async fn a_script_cannot_emit_into_another_users_source() {
         )
         .await;
     assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
-    // ...but a script may emit there.
+    // ...but a script may emit there. (Its emit into her own source is the control: the
+    // script ran and emitting works.)
+    server
+        .send(&mallory, "mine", "application/json", "{}")
+        .await;
+    server
+        .rule(
+            &mallory,
+            json!({"name": "seen", "source": "mine", "when": "event.via == 'script'"}),
+        )
+        .await;
     server
         .rule(
             &mallory,
             json!({"name": "inject", "kind": "script", "source": "m",
-        "script": "function handle(event, ctx){ ctx.emit('bobs', {injected: true}); }"}),
+        "script": "function handle(event, ctx){ ctx.emit('mine', {via: 'script'}); ctx.emit('bobs', {injected: true}); }"}),
         )
         .await;
     server.send(&mallory, "m", "application/json", "{}").await;
     server.settle().await;
+    let own = server.alerts(&mallory, "status=firing").await;
+    assert_eq!(own.len(), 1, "the control: {own:?}");
+    assert_eq!(own[0]["rule"], "seen");
     assert!(
         server.alerts(&bob, "").await.is_empty(),
         "mallory's event raised bob's alert"
@@ -134,11 +147,15 @@ async fn a_deleted_rules_state_does_not_come_back() {
     assert!(status.is_success());
     server.rule(ADMIN, hb).await;
     let mut server = server.crash_and_restart();
+    // The control: a host the new rule does see goes missing and fires.
+    server.send(ADMIN, "hb", "text/plain", "host:new").await;
     server.advance("2m").await;
     let alerts = server.alerts(ADMIN, "status=firing").await;
-    assert!(
-        alerts.is_empty(),
-        "the new rule fires for a host it never saw: {alerts:?}"
+    let keys: Vec<&str> = alerts.iter().filter_map(|a| a["key"].as_str()).collect();
+    assert_eq!(
+        keys,
+        ["new"],
+        "the new rule fires only for the host it saw: {alerts:?}"
     );
 }
 
@@ -156,12 +173,11 @@ async fn topic_data_of_private_sources_does_not_leak_through_scripts() {
     server.send(&mallory, "m", "application/json", "{}").await;
     server.settle().await;
     let alerts = server.alerts(&mallory, "").await;
-    assert!(
-        !alerts
-            .iter()
-            .any(|a| a["summary"].as_str().unwrap_or("").contains("s3cr3t")),
-        "{alerts:?}"
-    );
+    // The control: the script ran and saw her own source.
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let summary = alerts[0]["summary"].as_str().expect("summary");
+    assert!(summary.contains("\"m\""), "{summary}");
+    assert!(!summary.contains("s3cr3t"), "{summary}");
 }
 
 /// Extractor rejections do not use the error shape.
