@@ -1,6 +1,7 @@
 //! Starts and stops the real server. Time is injected: each server runs on a manual clock
 //! (`TELLIFY_FAKE_CLOCK`) that tests move with [`Server::advance`], which also waits until the
-//! engine has evaluated and committed everything sent before it — so no test sleeps.
+//! engine has evaluated and committed everything sent before it — so no test sleeps for time
+//! to pass (see ARCHITECTURE.md, "Testing", for the few wall-clock waits).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
