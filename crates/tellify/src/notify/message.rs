@@ -118,6 +118,18 @@ impl Notification {
         t.render("template", &ctx).ok().flatten()
     }
 
+    /// What a chat card shows in place of its own layout: the subscription's template
+    /// (rendered), or the plain text or the one line it asked for with `format`. `None`: the
+    /// card's own layout. (Email and SMS choose among the same three themselves.)
+    pub fn chosen_text(&self) -> Option<String> {
+        match self.format {
+            Some(MessageFormat::Short) => Some(self.short()),
+            _ if self.template.is_some() => Some(self.text()),
+            Some(MessageFormat::Text) => Some(self.text()),
+            _ => None,
+        }
+    }
+
     /// The default plain-text layout.
     pub fn default_text(&self) -> String {
         let mut out = String::new();

@@ -124,7 +124,12 @@ fn digest_blocks(n: &Notification) -> Vec<Value> {
 
 /// The message Slack is sent.
 pub fn message(n: &Notification) -> Value {
-    let blocks = if n.digest {
+    let blocks = if let Some(text) = n.chosen_text() {
+        vec![
+            header(&n.title()),
+            json!({ "type": "section", "text": mrkdwn(&escape(&text), SECTION_CHARS) }),
+        ]
+    } else if n.digest {
         digest_blocks(n)
     } else {
         alert_blocks(n, n.first())
@@ -151,6 +156,17 @@ mod tests {
 
     use super::*;
     use crate::notify::message::sample;
+
+    #[test]
+    fn a_subscription_template_replaces_the_blocks_layout() {
+        let mut n = sample::notification(Trigger::Fire, vec![sample::alert("a")]);
+        n.template = Some("Disk on {{ alert.key }} <now>".into());
+        let m = message(&n);
+        let blocks = m["blocks"].as_array().expect("blocks");
+        assert_eq!(blocks.len(), 2, "{m}");
+        assert_eq!(blocks[1]["text"]["text"], "Disk on a &lt;now&gt;");
+        assert_eq!(m["text"], "Disk on a <now>");
+    }
 
     #[test]
     fn facts_are_split_into_sections_of_at_most_ten_fields() {

@@ -112,7 +112,9 @@ pub fn adaptive(n: &Notification) -> Value {
         "size": "Medium", "color": colour(n), "wrap": true,
     })];
     let mut actions = Vec::new();
-    if n.digest {
+    if let Some(text) = n.chosen_text() {
+        body.push(json!({ "type": "TextBlock", "text": text, "wrap": true }));
+    } else if n.digest {
         for line in digest_lines(n) {
             body.push(json!({ "type": "TextBlock", "text": line, "wrap": true }));
         }
@@ -150,7 +152,9 @@ pub fn adaptive(n: &Notification) -> Value {
 
 /// A MessageCard, for an Office 365 connector.
 pub fn legacy(n: &Notification) -> Value {
-    let (section, links) = if n.digest {
+    let (section, links) = if let Some(text) = n.chosen_text() {
+        (json!({ "text": text, "markdown": false }), Vec::new())
+    } else if n.digest {
         let section = json!({
             "activityTitle": n.title(),
             "text": digest_lines(n).join("\n\n"),
@@ -231,6 +235,22 @@ mod tests {
         assert_eq!(card(&a)["themeColor"], "FFB900");
         a.status = "resolved".into();
         assert_eq!(card(&a)["themeColor"], "2EB886");
+    }
+
+    #[test]
+    fn a_subscription_template_or_format_replaces_the_card_layout() {
+        let mut n = sample::notification(Trigger::Fire, vec![sample::alert("a")]);
+        n.template = Some("Disk on {{ alert.key }}!".into());
+        let body = adaptive(&n)["attachments"][0]["content"]["body"].clone();
+        assert_eq!(body[1]["text"], "Disk on a!");
+        assert_eq!(body.as_array().expect("body").len(), 2, "no facts: {body}");
+        assert_eq!(legacy(&n)["sections"][0]["text"], "Disk on a!");
+        n.template = None;
+        n.format = Some(tellify_core::subscription::MessageFormat::Short);
+        assert_eq!(
+            adaptive(&n)["attachments"][0]["content"]["body"][1]["text"],
+            n.short()
+        );
     }
 
     #[test]
