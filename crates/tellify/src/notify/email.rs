@@ -2,7 +2,7 @@
 //! the server's SMTP settings with lettre — implicit TLS, STARTTLS or none; password or no
 //! authentication. TLS always verifies the server; `ca_file` adds a private CA to trust.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
@@ -11,6 +11,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tellify_core::template::Templates;
 
 use super::{Notification, Notifier, NotifyError, channel, message};
 
@@ -163,12 +164,15 @@ pub struct Email {
     pub smtp: SharedSmtp,
 }
 
-const HTML: &str = include_str!("email.html");
+/// The HTML layout, compiled once (`email.html` names it so its values are escaped).
+static HTML: LazyLock<Result<Templates, String>> = LazyLock::new(|| {
+    Templates::compile([("email.html".to_owned(), include_str!("email.html"))])
+        .map_err(|e| e.to_string())
+});
 
 /// The HTML part: the same facts as the text, laid out for a mail reader, every value escaped.
 pub fn html(n: &Notification) -> Result<String, String> {
-    let t = tellify_core::template::Templates::compile([("email.html".to_owned(), HTML)])
-        .map_err(|e| e.to_string())?;
+    let t = HTML.as_ref().map_err(Clone::clone)?;
     let alerts: Vec<Value> = n
         .alerts
         .iter()

@@ -109,13 +109,11 @@ impl Notification {
     }
 
     fn render(&self, template: &str) -> Option<String> {
-        let t =
-            tellify_core::template::Templates::compile([("template".to_owned(), template)]).ok()?;
         let ctx = tellify_core::template::to_value(serde_json::json!({
             "alert": self.first(), "alerts": self.alerts, "trigger": self.trigger.as_str(),
             "title": self.title(), "text": self.default_text(), "digest": self.digest,
         }));
-        t.render("template", &ctx).ok().flatten()
+        tellify_core::template::render_once(template, ctx).ok()
     }
 
     /// What a chat card shows in place of its own layout: the subscription's template

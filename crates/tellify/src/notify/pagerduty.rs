@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use tellify_core::alert::Severity;
 use tellify_core::subscription::Trigger;
 
 use super::message::truncate;
@@ -88,12 +89,7 @@ struct Link<'a> {
 /// PagerDuty's severity for Tellify's (the same four levels; anything else is a warning,
 /// Tellify's default).
 fn severity(s: &str) -> &'static str {
-    match s {
-        "critical" => "critical",
-        "error" => "error",
-        "info" => "info",
-        _ => "warning",
-    }
+    s.parse::<Severity>().unwrap_or_default().as_str()
 }
 
 fn rfc3339(ms: i64) -> Option<String> {

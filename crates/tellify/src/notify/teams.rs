@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use super::message::truncate;
 use super::{Notification, Notifier, NotifyError, send_http, setting};
 use crate::store::Alert;
+use tellify_core::alert::Severity;
 
 /// Lines in a digest card; Teams refuses messages over about 28 KB.
 const DIGEST_LINES: usize = 50;
@@ -34,9 +35,9 @@ fn colour(n: &Notification) -> &'static str {
         return "Good";
     }
     match worst(n) {
-        "critical" | "error" => "Attention",
-        "warning" => "Warning",
-        _ => "Default",
+        Severity::Critical | Severity::Error => "Attention",
+        Severity::Warning => "Warning",
+        Severity::Info => "Default",
     }
 }
 
@@ -46,27 +47,27 @@ fn theme(n: &Notification) -> &'static str {
         return "2EB886";
     }
     match worst(n) {
-        "critical" => "C50F1F",
-        "error" => "E74856",
-        "warning" => "FFB900",
-        _ => "0078D7",
+        Severity::Critical => "C50F1F",
+        Severity::Error => "E74856",
+        Severity::Warning => "FFB900",
+        Severity::Info => "0078D7",
     }
 }
 
 /// The highest severity among the notification's alerts that are not resolved (or of the
 /// first alert, if all are).
-fn worst(n: &Notification) -> &str {
-    const ORDER: [&str; 4] = ["critical", "error", "warning", "info"];
+fn worst(n: &Notification) -> Severity {
     let open: Vec<&Alert> = n.alerts.iter().filter(|a| a.status != "resolved").collect();
     let alerts = if open.is_empty() {
         vec![n.first()]
     } else {
         open
     };
-    ORDER
-        .into_iter()
-        .find(|s| alerts.iter().any(|a| a.severity == *s))
-        .unwrap_or("info")
+    alerts
+        .iter()
+        .filter_map(|a| a.severity.parse::<Severity>().ok())
+        .max()
+        .unwrap_or(Severity::Info)
 }
 
 /// A digest's line for one alert, with its links inline (markdown, which both cards render).

@@ -6,7 +6,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::{Notification, Notifier, NotifyError, send_http};
+use super::{Notification, Notifier, NotifyError, send_http, setting};
 
 pub struct Webhook {
     pub http: reqwest::Client,
@@ -45,22 +45,15 @@ impl Notifier for Webhook {
         settings: &Map<String, Value>,
         n: &Notification,
     ) -> Result<(), NotifyError> {
-        let url = settings
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| NotifyError::permanent("no url"))?;
+        let url = setting(settings, "url")?;
         let (body, content_type) = match settings.get("body").and_then(Value::as_str) {
             Some(template) => {
-                let t = tellify_core::template::Templates::compile([("body".to_owned(), template)])
-                    .map_err(|e| NotifyError::permanent(e.to_string()))?;
                 let ctx = tellify_core::template::to_value(json!({
                     "trigger": n.trigger.as_str(), "alert": n.first(), "alerts": n.alerts,
                     "title": n.title(), "text": n.text(), "digest": n.digest,
                 }));
-                let rendered = t
-                    .render("body", &ctx)
-                    .map_err(NotifyError::permanent)?
-                    .unwrap_or_default();
+                let rendered = tellify_core::template::render_once(template, ctx)
+                    .map_err(NotifyError::permanent)?;
                 let kind = if serde_json::from_str::<Value>(&rendered).is_ok() {
                     "application/json"
                 } else {
