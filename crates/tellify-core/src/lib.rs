@@ -26,6 +26,7 @@ pub mod eval;
 pub mod event;
 pub mod expr;
 pub mod index;
+pub mod matchers;
 pub mod rule;
 pub mod silence;
 pub mod subscription;

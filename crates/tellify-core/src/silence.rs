@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::matchers::LabelGlobs;
+
 /// What a silence matches: each given matcher must match (globs allowed).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,13 +27,11 @@ pub struct Silence {
     pub ends_at: i64,
     rule: Option<globset::GlobMatcher>,
     key: Option<globset::GlobMatcher>,
-    labels: Vec<(String, globset::GlobMatcher)>,
+    labels: LabelGlobs,
 }
 
 fn glob(field: &str, pattern: &str) -> Result<globset::GlobMatcher, String> {
-    globset::Glob::new(pattern)
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("`{field}`: `{pattern}` is not a valid glob: {e}"))
+    crate::matchers::glob(pattern).map_err(|e| format!("`{field}`: {e}"))
 }
 
 impl Silence {
@@ -61,11 +61,8 @@ impl Silence {
                 .as_deref()
                 .map(|p| glob("matchers.key", p))
                 .transpose()?,
-            labels: matchers
-                .labels
-                .iter()
-                .map(|(k, v)| glob("matchers.labels", v).map(|g| (k.clone(), g)))
-                .collect::<Result<_, _>>()?,
+            labels: LabelGlobs::new(&matchers.labels)
+                .map_err(|e| format!("`matchers.labels`: {e}"))?,
         })
     }
 
@@ -88,10 +85,7 @@ impl Silence {
             && (owner_is_admin || self.owner == alert_owner)
             && self.rule.as_ref().is_none_or(|g| g.is_match(rule))
             && self.key.as_ref().is_none_or(|g| g.is_match(key))
-            && self
-                .labels
-                .iter()
-                .all(|(k, g)| labels.get(k).is_some_and(|v| g.is_match(v)))
+            && self.labels.matches(labels)
     }
 }
 

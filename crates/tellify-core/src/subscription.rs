@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Severity;
+use crate::matchers::{LabelGlobs, glob};
 use crate::rule::Duration;
 
 /// The kinds of alert change a subscription can be told about.
@@ -203,18 +204,12 @@ pub struct AlertFacts<'a> {
     pub labels: &'a std::collections::BTreeMap<String, String>,
 }
 
-fn glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
-    globset::Glob::new(pattern)
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))
-}
-
 /// A subscription checked and ready to match.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub spec: SubscriptionSpec,
     rules: Vec<globset::GlobMatcher>,
-    labels: Vec<(String, globset::GlobMatcher)>,
+    labels: LabelGlobs,
 }
 
 impl Subscription {
@@ -229,12 +224,7 @@ impl Subscription {
             .map(|r| glob(r))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("`rules`: {e}"))?;
-        let labels = spec
-            .labels
-            .iter()
-            .map(|(k, v)| glob(v).map(|g| (k.clone(), g)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("`labels`: {e}"))?;
+        let labels = LabelGlobs::new(&spec.labels).map_err(|e| format!("`labels`: {e}"))?;
         if let Some(digest) = &spec.digest {
             match (digest.every, digest.at.is_empty()) {
                 (Some(_), false) | (None, true) => {
@@ -277,10 +267,7 @@ impl Subscription {
                 .spec
                 .min_severity
                 .is_none_or(|min| alert.severity >= min)
-            && self
-                .labels
-                .iter()
-                .all(|(k, g)| alert.labels.get(k).is_some_and(|v| g.is_match(v)))
+            && self.labels.matches(alert.labels)
     }
 
     /// Whether the subscription is awake at `at` (epoch ms) in time zone `tz`.

@@ -91,7 +91,7 @@ impl SqliteStore {
     }
 }
 
-fn json_text(v: &impl serde::Serialize) -> String {
+pub(super) fn json_text(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("JSON values always serialize")
 }
 

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::sqlite::SqliteStore;
+use super::sqlite::{SqliteStore, json_text};
 use super::{
     ChannelRow, Delivery, DeliveryFilter, DeliveryOutcome, NewDelivery, Outbox, SilenceRow,
     SubscriptionRow,
@@ -21,10 +21,6 @@ fn not_waiting(d: &str) -> String {
                AND e.status IN ('pending', 'held', 'sending')
                AND (e.digest IS NULL OR {d}.digest IS NULL OR e.digest != {d}.digest))"
     )
-}
-
-fn json_text(v: &impl serde::Serialize) -> String {
-    serde_json::to_string(v).expect("JSON values always serialize")
 }
 
 fn json_col(row: &SqliteRow, col: &str) -> Value {
