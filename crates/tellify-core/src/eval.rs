@@ -534,7 +534,8 @@ impl Evaluator {
 
     /// Takes back an alert that was open before a restart. Call after the rule is loaded.
     ///
-    /// A repeat that fell due while the server was down is sent at `now`.
+    /// Repeats that fell due while the server was down are not made up: the next one is the
+    /// next multiple of `repeat_every` after `now` (see `schedule_repeat`).
     pub fn restore_open(
         &mut self,
         alert: &AlertKey,
@@ -714,23 +715,21 @@ impl Evaluator {
                 break;
             }
             self.repeats.pop_first();
-            let every = self.rules[id as usize]
-                .as_ref()
-                .and_then(|r| r.spec.repeat_every)
-                .map_or(0, |d| d.millis());
-            let slot = (id, key.clone());
-            if let Some(open) = self.open.get_mut(&slot) {
-                open.repeat_at = None;
-                if open.status == Status::Firing && !open.acked && every > 0 {
-                    // After a stall, one repeat now and the next on the schedule, not a burst.
-                    let behind = now.saturating_sub(due).max(0) / every;
-                    let next = due.saturating_add((behind + 1).saturating_mul(every));
-                    open.repeat_at = Some(next);
-                    self.repeats.insert((next, id, key.clone()));
-                    if let Some(alert) = self.open_alert(id, &key) {
-                        self.out.changes.push(Change::Repeat { alert, at: due });
-                    }
+            let Some(open) = self.open.get_mut(&(id, key.clone())) else {
+                continue;
+            };
+            open.repeat_at = None;
+            let repeats = open.status == Status::Firing
+                && !open.acked
+                && self.rules[id as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.spec.repeat_every.is_some());
+            if repeats {
+                if let Some(alert) = self.open_alert(id, &key) {
+                    self.out.changes.push(Change::Repeat { alert, at: due });
                 }
+                // After a stall, one repeat now and the next on the schedule, not a burst.
+                self.schedule_repeat(id, &key, due, now);
             }
         }
         while let Some((due, id)) = self.ticks.first().copied() {
