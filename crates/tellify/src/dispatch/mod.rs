@@ -10,6 +10,7 @@
 //! notification settings in memory, reloaded when they change.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use anyhow::Result;
 use chrono_tz::Tz;
@@ -32,7 +33,7 @@ pub struct Transition<'a> {
 struct Sub {
     id: Option<String>,
     owner: String,
-    sub: Subscription,
+    sub: Arc<Subscription>,
     when: Option<FnId>,
 }
 
@@ -45,8 +46,8 @@ struct UserInfo {
 pub struct Dispatcher {
     limits: Limits,
     subs: Vec<Sub>,
-    /// (owner, rule) → the channels of the rule's `notify:` list.
-    rule_notify: HashMap<(String, String), Vec<String>>,
+    /// (owner, rule) → the rule's `notify:` list, as subscriptions of its owner.
+    rule_notify: HashMap<(String, String), Vec<Arc<Subscription>>>,
     /// (owner, name) → (kind, shared).
     channels: HashMap<(String, String), (String, bool)>,
     silences: Vec<(String, Silence)>,
@@ -115,7 +116,7 @@ impl Dispatcher {
                 Ok((sub, when)) => subs.push(Sub {
                     id: Some(row.id),
                     owner: row.owner,
-                    sub,
+                    sub: Arc::new(sub),
                     when,
                 }),
                 Err(e) => {
@@ -173,10 +174,35 @@ impl Dispatcher {
     /// Records a rule's `notify:` list (empty to forget it).
     pub fn set_rule_notify(&mut self, owner: &str, rule: &str, channels: &[String]) {
         let key = (owner.to_owned(), rule.to_owned());
-        if channels.is_empty() {
+        // A rule's `notify:` list is a subscription of its owner to that rule, to each channel.
+        let subs: Vec<Arc<Subscription>> = channels
+            .iter()
+            .filter_map(|channel| {
+                Subscription::new(SubscriptionSpec {
+                    channel: channel.clone(),
+                    rules: vec![],
+                    min_severity: None,
+                    labels: BTreeMap::new(),
+                    when: None,
+                    schedule: None,
+                    digest: None,
+                    notify_on: vec![
+                        Trigger::Fire,
+                        Trigger::Resolve,
+                        Trigger::Disable,
+                        Trigger::Repeat,
+                    ],
+                    format: None,
+                    template: None,
+                })
+                .ok()
+                .map(Arc::new)
+            })
+            .collect();
+        if subs.is_empty() {
             self.rule_notify.remove(&key);
         } else {
-            self.rule_notify.insert(key, channels.to_vec());
+            self.rule_notify.insert(key, subs);
         }
     }
 
@@ -256,45 +282,21 @@ impl Dispatcher {
                 .map_or(chrono_tz::UTC, |u| u.tz);
             let snapshot = serde_json::to_value(alert).unwrap_or(Value::Null);
             let silenced = self.silenced(alert, t.at);
-            // A rule's `notify:` list is a subscription of its owner to that rule.
-            let implicit: Vec<Subscription> = self
+            // The rule's `notify:` subscriptions, then its owner's own (shared handles: planning
+            // below needs `self` mutably).
+            let mut plans: Vec<(Option<String>, Arc<Subscription>, Option<FnId>)> = self
                 .rule_notify
                 .get(&(alert.owner.clone(), alert.rule.clone()))
                 .into_iter()
                 .flatten()
-                .filter_map(|channel| {
-                    Subscription::new(SubscriptionSpec {
-                        channel: channel.clone(),
-                        rules: vec![],
-                        min_severity: None,
-                        labels: BTreeMap::new(),
-                        when: None,
-                        schedule: None,
-                        digest: None,
-                        notify_on: vec![
-                            Trigger::Fire,
-                            Trigger::Resolve,
-                            Trigger::Disable,
-                            Trigger::Repeat,
-                        ],
-                        format: None,
-                        template: None,
-                    })
-                    .ok()
-                })
+                .map(|s| (None, s.clone(), None))
                 .collect();
-            let explicit: Vec<usize> = (0..self.subs.len())
-                .filter(|i| self.subs[*i].owner == alert.owner)
-                .collect();
-            let mut plans: Vec<(Option<String>, Subscription, Option<FnId>)> =
-                implicit.into_iter().map(|s| (None, s, None)).collect();
-            plans.extend(explicit.into_iter().map(|i| {
-                (
-                    self.subs[i].id.clone(),
-                    self.subs[i].sub.clone(),
-                    self.subs[i].when,
-                )
-            }));
+            plans.extend(
+                self.subs
+                    .iter()
+                    .filter(|s| s.owner == alert.owner)
+                    .map(|s| (s.id.clone(), s.sub.clone(), s.when)),
+            );
             for (sub_id, sub, when) in plans {
                 // A disabled rule is news to anyone told about resolutions.
                 let wants = sub.matches(&facts, t.trigger)
