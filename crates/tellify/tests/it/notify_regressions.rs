@@ -19,6 +19,24 @@ async fn hook(server: &Server, name: &str, receiver: &Receiver, extra: Value) {
     assert!(status.is_success(), "{status} {body}");
 }
 
+/// Silences the alerts of `rule` until `ends_at` (RFC 3339).
+async fn silence(server: &Server, rule: &str, ends_at: &str) {
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({"matchers": {"rule": rule}, "ends_at": ends_at}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// A rule `m` on source `s`: `host` down fires, up again resolves; notifies `ops`.
+fn up_down_rule() -> Value {
+    json!({"name": "m", "source": "s", "when": "event.up == false", "resolve_when": "event.up == true",
+        "group_by": ["host"], "notify": ["ops"]})
+}
+
 fn triggers(r: &Receiver) -> Vec<String> {
     r.received()
         .iter()
@@ -64,15 +82,7 @@ async fn a_silence_that_ends_while_down_still_releases() {
             json!({"name": "hot", "source": "s", "when": "true", "notify": ["ops"]}),
         )
         .await;
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/silences",
-            &json!({
-        "matchers": {"rule": "hot"}, "ends_at": "2026-11-25T10:30:00Z"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    silence(&server, "hot", "2026-11-25T10:30:00Z").await;
     server.send(ADMIN, "s", "application/json", "{}").await;
     server.settle().await;
     server
@@ -275,15 +285,7 @@ async fn a_silence_over_an_already_notified_alert_does_not_renotify() {
     server.settle().await;
     receiver.wait_for(1).await;
     server.advance("1m").await;
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/silences",
-            &json!({
-        "matchers": {"rule": "hot"}, "ends_at": "2026-11-25T10:30:00Z"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    silence(&server, "hot", "2026-11-25T10:30:00Z").await;
     server.advance("40m").await;
     receiver.settle_at(1).await;
     assert_eq!(
@@ -378,10 +380,7 @@ async fn a_resolve_during_a_silence_reaches_channels_told_of_the_fire() {
     let mut server = Server::start().await;
     let receiver = Receiver::start().await;
     hook(&server, "ops", &receiver, json!({})).await;
-    server
-        .rule(ADMIN, json!({"name": "m", "source": "s", "when": "event.up == false", "resolve_when": "event.up == true",
-            "group_by": ["host"], "notify": ["ops"]}))
-        .await;
+    server.rule(ADMIN, up_down_rule()).await;
     // a fires before the silence and is delivered.
     server
         .send(
@@ -393,14 +392,7 @@ async fn a_resolve_during_a_silence_reaches_channels_told_of_the_fire() {
         .await;
     server.settle().await;
     receiver.wait_for(1).await;
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/silences",
-            &json!({"matchers": {"rule": "m"}, "ends_at": "2026-11-25T12:00:00Z"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    silence(&server, "m", "2026-11-25T12:00:00Z").await;
     // b fires during the silence: muted.
     server
         .send(
@@ -454,10 +446,7 @@ async fn a_resolve_during_a_silence_follows_a_fire_that_is_still_retrying() {
     // The receiver is down: the fire is accepted, not yet sent.
     let down = format!("http://127.0.0.1:{}/ops", free_port());
     hook(&server, "ops", &receiver, json!({"url": down})).await;
-    server
-        .rule(ADMIN, json!({"name": "m", "source": "s", "when": "event.up == false", "resolve_when": "event.up == true",
-            "group_by": ["host"], "notify": ["ops"]}))
-        .await;
+    server.rule(ADMIN, up_down_rule()).await;
     server
         .send(
             ADMIN,
@@ -472,14 +461,7 @@ async fn a_resolve_during_a_silence_follows_a_fire_that_is_still_retrying() {
             d.first().is_some_and(|d| d["attempts"] == 1)
         })
         .await;
-    let (status, _) = server
-        .post_json(
-            ADMIN,
-            "/api/v1/silences",
-            &json!({"matchers": {"rule": "m"}, "ends_at": "2026-11-25T12:00:00Z"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    silence(&server, "m", "2026-11-25T12:00:00Z").await;
     server
         .send(
             ADMIN,
