@@ -10,6 +10,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The owner of Tellify's own alerts (`tellify.storage.failing`, …). No user can have this
+/// name (user names are letters, digits and `._-@`); admins see these alerts and their
+/// subscriptions receive them.
+pub const SYSTEM_OWNER: &str = "tellify:system";
+
 /// How bad an alert is, from least to most.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

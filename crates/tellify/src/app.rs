@@ -191,6 +191,18 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     })
     .await?;
     let ingest = Ingest::start(store.clone(), engine.clone(), metrics.clone(), owners);
+    let reserve = crate::storage_watch::Reserve::new(
+        &args.data_dir,
+        args.storage_reserve_mib.saturating_mul(1024 * 1024),
+    )
+    .map(Arc::new);
+    if let Some(reserve) = reserve.clone() {
+        // Laid down before serving; a disk already too full to hold it is no reason not to start.
+        let filled = tokio::task::spawn_blocking(move || reserve.fill()).await?;
+        if let Err(e) = filled {
+            warn!(message = "Failed to lay down the storage reserve; a full disk will leave no room for its alert.", error = %e);
+        }
+    }
     let keys = crate::crypto::SecretBox::load(&args.data_dir)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -217,6 +229,12 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         fake_clock: args.fake_clock.is_some(),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(crate::storage_watch::run(
+        store.clone(),
+        state.engine.clone(),
+        reserve,
+        shutdown_rx.clone(),
+    ));
     let mut rule_paths = args.rules.clone();
     rule_paths.extend(file.rules);
     if !rule_paths.is_empty() {

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// How long resolved alerts and their history are kept.
     #[arg(long, env = "TELLIFY_HISTORY_RETENTION", default_value = "90d")]
     pub history_retention: String,
+    /// Disk space kept in reserve in DATA_DIR, in MiB: released when the disk fills, so alerts
+    /// and their deliveries can still be written while events are refused; 0 turns it off.
+    #[arg(long, env = "TELLIFY_STORAGE_RESERVE_MIB", default_value_t = 8)]
+    pub storage_reserve_mib: u64,
     /// Tests only: start a manual clock at this epoch-ms time, moved by `POST /api/v1/_test/clock`.
     #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
     pub fake_clock: Option<i64>,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tellify_core::alert::{AlertKey, Change, ResolveReason, Status};
+use tellify_core::alert::{AlertKey, Change, Content, ResolveReason, SYSTEM_OWNER, Status};
 use tellify_core::eval::Evaluator;
 use tellify_core::event::Event;
 use tellify_core::expr::Limits;
@@ -76,6 +76,13 @@ pub enum Command {
     SetAdmin {
         user: String,
         admin: bool,
+    },
+    /// Raises (`raise` holds what it says) or clears one of Tellify's own alerts, owned by
+    /// [`SYSTEM_OWNER`] and delivered through admins' subscriptions.
+    System {
+        rule: &'static str,
+        key: String,
+        raise: Option<Content>,
     },
     /// The clock moved (tests): check timers now.
     Tick,
@@ -177,6 +184,7 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
                 runtime,
                 checkpoint: 0,
                 silences_checked: 0,
+                system: HashMap::new(),
             };
             match engine.restore() {
                 Ok(()) => {
@@ -214,6 +222,8 @@ struct Engine {
     checkpoint: i64,
     /// Silences that ended up to this time have released their alerts.
     silences_checked: i64,
+    /// Tellify's own open alerts, by (rule, key): they have no rule for the evaluator to hold.
+    system: HashMap<(String, String), AlertKey>,
 }
 
 /// Turns a stored rule document into the rule to evaluate: instances are made from their
@@ -311,6 +321,11 @@ impl Engine {
         loop {
             let page = self.block_on(store.open_alerts(after.as_ref(), RESTORE_PAGE))?;
             for open in &page {
+                if open.alert.owner == SYSTEM_OWNER {
+                    let slot = (open.alert.rule.clone(), open.alert.key.clone());
+                    self.system.insert(slot, open.alert.clone());
+                    continue;
+                }
                 self.evaluator.restore_open(
                     &open.alert,
                     open.status,
@@ -500,6 +515,9 @@ impl Engine {
                 }
                 let _ = reply.send(existed);
             }
+            Command::Resolve { alert, reply } if alert.owner == SYSTEM_OWNER => {
+                let _ = reply.send(self.clear_system(&alert, ResolveReason::Manual, now));
+            }
             Command::Resolve { alert, reply } => {
                 let done = self.evaluator.resolve_by_hand(&alert, now);
                 self.commit_pending(None, Vec::new());
@@ -507,7 +525,12 @@ impl Engine {
             }
             Command::SetAdmin { user, admin } => self.evaluator.access.set_admin(&user, admin),
             Command::Ack { alert, by, reply } => {
-                if !self.evaluator.is_open(&alert) {
+                let open = if alert.owner == SYSTEM_OWNER {
+                    self.system_slot(&alert).is_some()
+                } else {
+                    self.evaluator.is_open(&alert)
+                };
+                if !open {
                     let _ = reply.send(None);
                     return;
                 }
@@ -533,6 +556,15 @@ impl Engine {
                 }
                 let _ = reply.send(());
             }
+            Command::System { rule, key, raise } => match raise {
+                Some(content) => self.raise_system(rule, key, content, now),
+                None => {
+                    let open = self.system.get(&(rule.to_owned(), key)).cloned();
+                    if let Some(alert) = open {
+                        self.clear_system(&alert, ResolveReason::Condition, now);
+                    }
+                }
+            },
             Command::Tick => self.evaluator.advance(now),
             Command::Barrier(reply) => {
                 self.evaluator.advance(now);
@@ -541,6 +573,63 @@ impl Engine {
                 let _ = reply.send(());
             }
             Command::Events { .. } | Command::Shutdown => {}
+        }
+    }
+
+    /// Opens a system alert unless one is open for (rule, key).
+    fn raise_system(&mut self, rule: &str, key: String, content: Content, now: i64) {
+        let slot = (rule.to_owned(), key);
+        if self.system.contains_key(&slot) {
+            return;
+        }
+        let alert = AlertKey {
+            id: uuid::Uuid::now_v7().to_string(),
+            owner: SYSTEM_OWNER.to_owned(),
+            rule: slot.0.clone(),
+            key: slot.1.clone(),
+        };
+        warn!(message = "System alert raised.", rule = %alert.rule, key = %alert.key, summary = %content.summary);
+        self.system.insert(slot, alert.clone());
+        self.commit_system(Change::Open {
+            alert,
+            status: Status::Firing,
+            at: now,
+            event_time: now,
+            content,
+        });
+    }
+
+    /// The system alert a person (or a watcher) refers to, if it is that very open alert.
+    fn system_slot(&self, alert: &AlertKey) -> Option<(String, String)> {
+        let slot = (alert.rule.clone(), alert.key.clone());
+        self.system
+            .get(&slot)
+            .is_some_and(|open| open.id == alert.id)
+            .then_some(slot)
+    }
+
+    /// Resolves an open system alert; returns whether it was open.
+    fn clear_system(&mut self, alert: &AlertKey, reason: ResolveReason, now: i64) -> bool {
+        let Some(slot) = self.system_slot(alert) else {
+            return false;
+        };
+        self.system.remove(&slot);
+        info!(message = "System alert resolved.", rule = %alert.rule, key = %alert.key);
+        self.commit_system(Change::Resolve {
+            alert: alert.clone(),
+            at: now,
+            reason,
+        });
+        true
+    }
+
+    fn commit_system(&mut self, change: Change) {
+        let committed = self.commit(EngineCommit {
+            changes: vec![change],
+            ..EngineCommit::default()
+        });
+        for alert in committed.alerts {
+            let _ = self.parts.alerts.send(alert);
         }
     }
 

@@ -27,4 +27,5 @@ pub mod metrics;
 pub mod notify;
 pub mod rule_files;
 pub mod sources;
+pub mod storage_watch;
 pub mod store;

@@ -63,7 +63,20 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when the database answers and takes writes; otherwise `503` saying which part is not.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(failure) = state.store.health().failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "database": "failing",
+                "reason": failure.kind.code(),
+                "message": failure.kind.message(),
+                "since": failure.since,
+            })),
+        );
+    }
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,

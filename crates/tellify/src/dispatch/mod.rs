@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use tellify_core::alert::Severity;
+use tellify_core::alert::{SYSTEM_OWNER, Severity};
 use tellify_core::expr::{Arg, FnId, Limits, Sandbox};
 use tellify_core::silence::{Matchers, Silence};
 use tellify_core::subscription::{AlertFacts, Subscription, SubscriptionSpec, Trigger};
@@ -41,6 +41,10 @@ struct UserInfo {
     tz: Tz,
     admin: bool,
 }
+
+/// A subscription that may want an alert change: its owner, id (none for a rule's `notify:`),
+/// spec and compiled `when`.
+type Plan = (String, Option<String>, Arc<Subscription>, Option<FnId>);
 
 /// Plans deliveries; see the module documentation.
 pub struct Dispatcher {
@@ -276,36 +280,40 @@ impl Dispatcher {
                 severity,
                 labels: &alert.labels,
             };
-            let tz = self
-                .users
-                .get(&alert.owner)
-                .map_or(chrono_tz::UTC, |u| u.tz);
             let snapshot = serde_json::to_value(alert).unwrap_or(Value::Null);
             let silenced = self.silenced(alert, t.at);
-            // The rule's `notify:` subscriptions, then its owner's own (shared handles: planning
+            // Tellify's own alerts go to every admin's subscriptions that want them.
+            let system = alert.owner == SYSTEM_OWNER;
+            // The rule's `notify:` subscriptions, then the subscriptions of the owner (or, for
+            // a system alert, of the admins), each with its owner (shared handles: planning
             // below needs `self` mutably).
-            let mut plans: Vec<(Option<String>, Arc<Subscription>, Option<FnId>)> = self
+            let mut plans: Vec<Plan> = self
                 .rule_notify
                 .get(&(alert.owner.clone(), alert.rule.clone()))
                 .into_iter()
                 .flatten()
-                .map(|s| (None, s.clone(), None))
+                .map(|s| (alert.owner.clone(), None, s.clone(), None))
                 .collect();
             plans.extend(
                 self.subs
                     .iter()
-                    .filter(|s| s.owner == alert.owner)
-                    .map(|s| (s.id.clone(), s.sub.clone(), s.when)),
+                    .filter(|s| {
+                        s.owner == alert.owner
+                            || (system && self.users.get(&s.owner).is_some_and(|u| u.admin))
+                    })
+                    .map(|s| (s.owner.clone(), s.id.clone(), s.sub.clone(), s.when)),
             );
-            for (sub_id, sub, when) in plans {
+            for (sub_owner, sub_id, sub, when) in plans {
                 // A disabled rule is news to anyone told about resolutions.
                 let wants = sub.matches(&facts, t.trigger)
                     || (t.trigger == Trigger::Disable && sub.matches(&facts, Trigger::Resolve));
+                // Schedules are in the time zone of the subscription's owner.
+                let tz = self.users.get(&sub_owner).map_or(chrono_tz::UTC, |u| u.tz);
                 if !wants || !sub.awake(t.at, tz) {
                     continue;
                 }
                 if let Some(f) = when {
-                    let Some(sandbox) = self.sandboxes.get_mut(&alert.owner) else {
+                    let Some(sandbox) = self.sandboxes.get_mut(&sub_owner) else {
                         continue;
                     };
                     match sandbox.call_bool(f, &[Arg::Json(&snapshot)]) {
@@ -320,9 +328,9 @@ impl Dispatcher {
                 let mut delivery = NewDelivery {
                     id: uuid::Uuid::now_v7().to_string(),
                     alert_id: alert.id.clone(),
-                    owner: alert.owner.clone(),
+                    owner: sub_owner.clone(),
                     subscription_id: sub_id.clone(),
-                    channel_owner: alert.owner.clone(),
+                    channel_owner: sub_owner.clone(),
                     channel: sub.spec.channel.clone(),
                     channel_kind: String::new(),
                     trigger: t.trigger.as_str().to_owned(),
@@ -338,7 +346,7 @@ impl Dispatcher {
                     snapshot: snapshot.clone(),
                     template: sub.spec.template.clone(),
                 };
-                match self.channel(&alert.owner, &sub.spec.channel) {
+                match self.channel(&sub_owner, &sub.spec.channel) {
                     Some((owner, kind)) => {
                         delivery.channel_owner = owner;
                         delivery.channel_kind = kind;

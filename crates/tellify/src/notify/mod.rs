@@ -400,16 +400,22 @@ impl Worker {
             self.count(&outcome, &group);
             outcomes.push((ids, outcome));
         }
-        // A failed write is tried again for a while; if it never succeeds the round stays
-        // `sending` and goes again after a restart: at least once.
+        // A failed write (a full disk, a lock) is tried again until it succeeds: the round's
+        // deliveries stay `sending` meanwhile, and given up they would wait for a restart.
+        // Each write is its own transaction on a fresh connection after a failure, so a retry
+        // starts clean. (A process stopped meanwhile sends them again: at least once.)
         let mut delay = Duration::from_millis(100);
-        for attempt in 1..=6 {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             match self.outbox.finish_deliveries(&outcomes).await {
                 Ok(()) => break,
                 Err(e) => {
-                    warn!(message = "Failed to record delivery outcomes.", attempt, error = %format!("{e:#}"));
+                    if attempt == 1 {
+                        warn!(message = "Failed to record delivery outcomes; retrying until the store takes them.", error = %format!("{e:#}"));
+                    }
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{Instrument, error};
+use tracing::{Instrument, debug, error};
 
 use crate::engine::{Command, EngineHandle};
 use crate::metrics::{Metrics, SourceLabel};
@@ -23,6 +23,10 @@ use crate::store::{EventBatch, NewEvent, Store, StoredEvent, User};
 /// waits for the engine before storing more: ingest slows to the engine's pace instead of the
 /// queue (and the server's memory) growing for as long as events come faster than rules run.
 const MAX_ENGINE_LAG: usize = 20_000;
+
+/// The answer to events while the disk is full.
+const DISK_FULL: &str =
+    "the disk holding Tellify's store is full; nothing was kept, try again once space is freed";
 
 /// A stream of events from outside (a broker topic). HTTP ingest is the endpoint in [`http`];
 /// broker sources implement this and run until shutdown.
@@ -169,6 +173,15 @@ async fn writer(
                 j.batch
             })
             .collect();
+        // While the disk is full the room left is kept for alerts and deliveries: events are
+        // refused without trying, until the storage watcher finds space again.
+        if store.health().disk_full() {
+            for (reply, _) in replies {
+                let _ = reply.send(Err(DISK_FULL.to_owned()));
+            }
+            continue;
+        }
+        let was_failing = store.health().failure().is_some();
         let span = tracing::debug_span!("ingest", requests = batches.len(), events = total);
         match store.append_events(&batches).instrument(span).await {
             Ok(seqs) => {
@@ -205,7 +218,12 @@ async fn writer(
                 }
             }
             Err(e) => {
-                error!(message = "Failed to store events.", error = %format!("{e:#}"));
+                // Said once per spell of failures (the watcher says more), not per request.
+                if was_failing {
+                    debug!(message = "Failed to store events.", error = %format!("{e:#}"));
+                } else {
+                    error!(message = "Failed to store events.", error = %format!("{e:#}"));
+                }
                 for (reply, _) in replies {
                     let _ = reply.send(Err(
                         "the events could not be stored; nothing was kept, try again".to_owned(),

@@ -8,6 +8,7 @@
 //! `sqlite.rs` is the embedded default. The trait is written so that a PostgreSQL
 //! implementation runs the same tests.
 
+pub mod health;
 pub mod sqlite;
 pub mod sqlite_outbox;
 
@@ -345,6 +346,13 @@ pub trait Store: Send + Sync {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
+
+    /// What the writers last found: failing (and why) or taking writes.
+    fn health(&self) -> &health::StorageHealth;
+
+    /// Tries the smallest durable write, in the write turn like every writer; its outcome
+    /// goes to [`Store::health`]. The storage watcher calls it while the store is failing.
+    async fn probe_write(&self) -> Result<()>;
 }
 
 /// A notification to send, as the dispatcher plans it.

@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite};
 use tellify_core::alert::{AlertKey, Change, Status};
 
+use super::health::{FailureKind, StorageHealth};
 use super::{
     Alert, AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
     HistoryEntry, HistoryFilter, NewDelivery, NewEvent, OpenAlert, RuleWrite, SourceInfo,
@@ -35,6 +37,67 @@ pub struct SqliteStore {
     /// busy handler, which sleeps (1, 2, 5, … up to 100 ms) instead of waking when the lock
     /// frees; queueing here hands the database over as soon as the other commit ends.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// What the writers last found (see [`WriteTx`]).
+    health: Arc<StorageHealth>,
+}
+
+/// A write transaction on a connection of its own: `BEGIN IMMEDIATE` in the write turn, and
+/// on any failure the connection is closed rather than handed back to the pool.
+///
+/// sqlx's own transactions keep a depth counter beside SQLite's state. After `SQLITE_FULL` or
+/// an I/O error SQLite may roll a transaction back by itself; the counter and SQLite then
+/// disagree, and the pooled connection later ran each "transaction" as a savepoint of one that
+/// never committed, holding the write lock — `202`s were answered for events that were then
+/// lost. Here the transaction is plain SQL, and a `WriteTx` dropped before its commit succeeded
+/// closes its connection: closing rolls back whatever SQLite still holds, and the pool opens a
+/// clean one for the next writer.
+pub(super) struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    committed: bool,
+    /// Dropped after the connection (fields drop in order): the turn is handed on last.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool, turn: tokio::sync::OwnedMutexGuard<()>) -> Result<Self> {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(Self {
+            conn,
+            committed: false,
+            _turn: turn,
+        })
+    }
+
+    pub(super) async fn commit(mut self) -> Result<()> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
 }
 
 /// Alerts read back per query after an engine commit.
@@ -74,6 +137,17 @@ impl SqliteStore {
         self.writes.lock().await
     }
 
+    /// Begins a write transaction in the write turn (see [`WriteTx`]).
+    pub(super) async fn write(&self) -> Result<WriteTx> {
+        let turn = self.writes.clone().lock_owned().await;
+        self.health.observe(WriteTx::begin(&self.pool, turn).await)
+    }
+
+    /// Runs a whole write and records its outcome for the storage watcher and `/readyz`.
+    pub(super) fn observe<T>(&self, result: Result<T>) -> Result<T> {
+        self.health.observe(result)
+    }
+
     async fn connect(options: SqliteConnectOptions) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -87,6 +161,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             writes: Arc::new(tokio::sync::Mutex::new(())),
+            health: Arc::new(StorageHealth::default()),
         })
     }
 }
@@ -159,7 +234,7 @@ fn rule_row(row: &SqliteRow) -> StoredRule {
 }
 
 /// Appends events to the log inside `tx` and returns their seqs.
-async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) -> Result<Vec<i64>> {
+async fn insert_events(tx: &mut SqliteConnection, events: &[NewEvent]) -> Result<Vec<i64>> {
     let mut seqs = Vec::with_capacity(events.len());
     for chunk in events.chunks(EVENT_CHUNK) {
         let mut qb: QueryBuilder<Sqlite> =
@@ -172,18 +247,14 @@ async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) ->
                 .push_bind(json_text(&e.data));
         });
         qb.push(" RETURNING seq");
-        let rows = qb.build().fetch_all(&mut **tx).await?;
+        let rows = qb.build().fetch_all(&mut *tx).await?;
         seqs.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
     }
     Ok(seqs)
 }
 
 /// Keeps each source's latest event (the topic data) and claims new sources for `owner`.
-async fn update_sources(
-    tx: &mut Transaction<'_, Sqlite>,
-    owner: &str,
-    events: &[NewEvent],
-) -> Result<()> {
+async fn update_sources(tx: &mut SqliteConnection, owner: &str, events: &[NewEvent]) -> Result<()> {
     let mut latest: HashMap<&str, (&NewEvent, i64)> = HashMap::new();
     for e in events {
         let entry = latest.entry(e.source.as_str()).or_insert((e, 0));
@@ -201,7 +272,7 @@ async fn update_sources(
         .bind(json_text(&event.data))
         .bind(event.time)
         .bind(n)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     }
     Ok(())
@@ -216,7 +287,7 @@ struct FoldSum {
 }
 
 async fn history(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     alert: &AlertKey,
     at: i64,
     status: &str,
@@ -229,13 +300,13 @@ async fn history(
         .bind(at)
         .bind(status)
         .bind(message)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
 
 /// Applies one change by alert id; returns whether it touched an alert row that still exists.
-async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<bool> {
+async fn apply_change(tx: &mut SqliteConnection, change: &Change) -> Result<bool> {
     match change {
         Change::Open {
             alert,
@@ -254,7 +325,7 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
             .bind(&alert.owner)
             .bind(&alert.rule)
             .bind(&alert.key)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             let fired_at = (*status == Status::Firing).then_some(*at);
             sqlx::query(
@@ -278,7 +349,7 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
             .bind(at)
             .bind(fired_at)
             .bind(at)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             history(tx, alert, *at, status.as_str(), &content.summary).await?;
             Ok(true)
@@ -287,7 +358,7 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
             let row = sqlx::query("UPDATE alerts SET status = 'firing', fired_at = ? WHERE id = ? AND status = 'pending' RETURNING summary")
                 .bind(at)
                 .bind(&alert.id)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { return Ok(false) };
             history(tx, alert, *at, "firing", row.get::<&str, _>(0)).await?;
@@ -298,7 +369,7 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
                 .bind(at)
                 .bind(reason.message())
                 .bind(&alert.id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             if done.rows_affected() == 0 {
                 return Ok(false);
@@ -310,11 +381,11 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
             // A pending alert that never fired leaves no trace.
             sqlx::query("DELETE FROM alert_history WHERE alert_id = ?")
                 .bind(&alert.id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM alerts WHERE id = ?")
                 .bind(&alert.id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             Ok(false)
         }
@@ -324,17 +395,49 @@ async fn apply_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Resu
     }
 }
 
-/// One engine batch in one SQLite transaction. Fields drop in order: the transaction rolls
-/// back (if unfinished) before the write turn is handed on.
+/// One engine batch in one SQLite transaction ([`WriteTx`]: unfinished, it closes its
+/// connection before the write turn is handed on). Every step's failure is reported to the
+/// store's health.
 pub struct SqliteEngineTx {
-    tx: Transaction<'static, Sqlite>,
-    _writing: tokio::sync::OwnedMutexGuard<()>,
+    tx: WriteTx,
+    health: Arc<StorageHealth>,
+}
+
+impl SqliteEngineTx {
+    fn failed<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.health.failed(FailureKind::of(e));
+        }
+        result
+    }
 }
 
 #[async_trait::async_trait]
 impl EngineTx for SqliteEngineTx {
     async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>> {
-        let tx = &mut self.tx;
+        let result = apply_batch(&mut self.tx, commit).await;
+        self.failed(result)
+    }
+
+    async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<super::Told> {
+        let result = told_of_fire(&mut self.tx, alert_ids).await;
+        self.failed(result)
+    }
+
+    async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()> {
+        let result = crate::store::sqlite_outbox::insert_deliveries(&mut self.tx, deliveries).await;
+        self.failed(result)
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        let health = self.health.clone();
+        health.observe(self.tx.commit().await)
+    }
+}
+
+/// Applies an engine batch inside its transaction; returns the alerts it changed, as they are now.
+async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result<Vec<Alert>> {
+    {
         for write in &commit.rules {
             match write {
                 RuleWrite::Put {
@@ -354,20 +457,20 @@ impl EngineTx for SqliteEngineTx {
                     .bind(json_text(doc))
                     .bind(origin)
                     .bind(at)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 RuleWrite::Delete { owner, name } => {
                     sqlx::query("DELETE FROM rules WHERE owner = ? AND name = ?")
                         .bind(owner)
                         .bind(name)
-                        .execute(&mut **tx)
+                        .execute(&mut *tx)
                         .await?;
                     // A new rule of the same name must not inherit the old one's memory.
                     sqlx::query("DELETE FROM rule_state WHERE owner = ? AND rule = ?")
                         .bind(owner)
                         .bind(name)
-                        .execute(&mut **tx)
+                        .execute(&mut *tx)
                         .await?;
                 }
             }
@@ -404,7 +507,7 @@ impl EngineTx for SqliteEngineTx {
                 .bind(&ack.by)
                 .bind(ack.at)
                 .bind(&ack.alert.id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             if done.rows_affected() == 1 {
                 history(
@@ -430,7 +533,7 @@ impl EngineTx for SqliteEngineTx {
                     .bind(&update.rule)
                     .bind(&update.key)
                     .bind(json_text(state))
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 None => {
@@ -438,7 +541,7 @@ impl EngineTx for SqliteEngineTx {
                         .bind(&update.owner)
                         .bind(&update.rule)
                         .bind(&update.key)
-                        .execute(&mut **tx)
+                        .execute(&mut *tx)
                         .await?;
                 }
             }
@@ -448,7 +551,7 @@ impl EngineTx for SqliteEngineTx {
                 .bind(error)
                 .bind(owner)
                 .bind(rule)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         for batch in &commit.emitted {
@@ -458,7 +561,7 @@ impl EngineTx for SqliteEngineTx {
         if let Some(checkpoint) = commit.checkpoint {
             sqlx::query("UPDATE engine SET checkpoint = MAX(checkpoint, ?) WHERE id = 1")
                 .bind(checkpoint)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         // Read the changed alerts inside the transaction (they feed the deliveries written in
@@ -474,12 +577,15 @@ impl EngineTx for SqliteEngineTx {
                 list.push_bind(id);
             }
             qb.push(") ORDER BY id");
-            alerts.extend(qb.build().fetch_all(&mut **tx).await?.iter().map(alert_row));
+            alerts.extend(qb.build().fetch_all(&mut *tx).await?.iter().map(alert_row));
         }
         Ok(alerts)
     }
+}
 
-    async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<super::Told> {
+/// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat.
+async fn told_of_fire(tx: &mut SqliteConnection, alert_ids: &[String]) -> Result<super::Told> {
+    {
         let mut told = super::Told::new();
         for ids in alert_ids.chunks(ALERT_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -494,34 +600,21 @@ impl EngineTx for SqliteEngineTx {
                 list.push_bind(id);
             }
             qb.push(")");
-            for r in qb.build().fetch_all(&mut *self.tx).await? {
+            for r in qb.build().fetch_all(&mut *tx).await? {
                 told.insert((r.get(0), r.get(1), r.get(2)));
             }
         }
         Ok(told)
     }
-
-    async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()> {
-        crate::store::sqlite_outbox::insert_deliveries(&mut self.tx, deliveries).await
-    }
-
-    async fn finish(self: Box<Self>) -> Result<()> {
-        self.tx.commit().await?;
-        Ok(())
-    }
 }
 
-async fn flush_fold(
-    tx: &mut Transaction<'_, Sqlite>,
-    alert: &AlertKey,
-    fold: FoldSum,
-) -> Result<()> {
+async fn flush_fold(tx: &mut SqliteConnection, alert: &AlertKey, fold: FoldSum) -> Result<()> {
     sqlx::query("UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value) WHERE id = ?")
         .bind(fold.count)
         .bind(fold.last_seen)
         .bind(fold.value)
         .bind(&alert.id)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
@@ -635,15 +728,17 @@ impl Store for SqliteStore {
     }
 
     async fn append_events(&self, batches: &[EventBatch]) -> Result<Vec<i64>> {
-        let _writing = self.writes.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut seqs = Vec::new();
-        for batch in batches {
-            seqs.extend(insert_events(&mut tx, &batch.events).await?);
-            update_sources(&mut tx, &batch.owner, &batch.events).await?;
-        }
-        tx.commit().await?;
-        Ok(seqs)
+        let mut tx = self.write().await?;
+        let written = async {
+            let mut seqs = Vec::new();
+            for batch in batches {
+                seqs.extend(insert_events(&mut tx, &batch.events).await?);
+                update_sources(&mut tx, &batch.owner, &batch.events).await?;
+            }
+            tx.commit().await?;
+            Ok(seqs)
+        };
+        self.observe(written.await)
     }
 
     async fn open_counts(&self) -> Result<Vec<(String, String, i64)>> {
@@ -712,8 +807,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_alerts(&self, before: i64) -> Result<u64> {
-        let _writing = self.writing().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         // With the alert go its history and its finished deliveries (each holds a copy of the
         // alert); a delivery still to go stays until it has gone.
         for table in [
@@ -810,10 +904,9 @@ impl Store for SqliteStore {
     }
 
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>> {
-        let writing = self.writes.clone().lock_owned().await;
         Ok(Box::new(SqliteEngineTx {
-            tx: self.pool.begin().await?,
-            _writing: writing,
+            tx: self.write().await?,
+            health: self.health.clone(),
         }))
     }
 
@@ -966,6 +1059,22 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn health(&self) -> &StorageHealth {
+        &self.health
+    }
+
+    async fn probe_write(&self) -> Result<()> {
+        let mut tx = self.write().await?;
+        let written = async {
+            // Rewrites a row with itself: a real page written and synced, nothing changed.
+            sqlx::query("UPDATE engine SET checkpoint = checkpoint WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        self.observe(written.await)
     }
 }
 

@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use serde_json::Value;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::sqlite::{SqliteStore, json_text};
 use super::{
@@ -29,7 +30,7 @@ fn json_col(row: &SqliteRow, col: &str) -> Value {
 
 /// Writes planned deliveries inside the engine's transaction.
 pub(super) async fn insert_deliveries(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     deliveries: &[NewDelivery],
 ) -> Result<()> {
     for chunk in deliveries.chunks(500) {
@@ -56,7 +57,7 @@ pub(super) async fn insert_deliveries(
                 .push_bind(json_text(&d.snapshot))
                 .push_bind(&d.template);
         });
-        qb.build().execute(&mut **tx).await?;
+        qb.build().execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -268,70 +269,13 @@ impl Outbox for SqliteStore {
     }
 
     async fn claim_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Delivery>> {
-        let _writing = self.writing().await;
-        let mut tx = self.pool().begin().await?;
-        // A digest is claimed whole, however many alerts it holds, so it goes as one message.
-        // A delivery waits while an earlier one for the same alert and channel is still to go
-        // (outside its own digest): a retried fire must not arrive after its resolve. Waiting
-        // rows are left out before the limit, or a few of them (a resolve behind a fire that
-        // retries in ten minutes) would fill every claim and starve the other channels.
-        // Only fixed SQL is put together here.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE deliveries AS d SET status = 'sending'
-             WHERE d.status IN ('pending', 'held') AND (
-                 d.id IN (SELECT f.id FROM deliveries AS f
-                          WHERE f.status IN ('pending', 'held') AND f.next_attempt_at <= ?1 AND {f}
-                          ORDER BY f.next_attempt_at LIMIT ?2)
-                 OR d.digest IN (SELECT f.digest FROM deliveries AS f
-                                 WHERE f.status = 'held' AND f.digest IS NOT NULL
-                                   AND f.next_attempt_at <= ?1 AND {f}
-                                 ORDER BY f.next_attempt_at LIMIT ?2))
-               AND {d}
-             RETURNING *",
-            f = not_waiting("f"),
-            d = not_waiting("d"),
-        )))
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut out: Vec<Delivery> = rows.iter().map(delivery_row).collect();
-        out.sort_by(|a, b| {
-            a.next_attempt_at
-                .cmp(&b.next_attempt_at)
-                .then(a.id.cmp(&b.id))
-        });
-        Ok(out)
+        let result = self.claim(now, limit).await;
+        self.observe(result)
     }
 
     async fn finish_deliveries(&self, outcomes: &[(Vec<String>, DeliveryOutcome)]) -> Result<()> {
-        let _writing = self.writing().await;
-        let mut tx = self.pool().begin().await?;
-        for (ids, outcome) in outcomes {
-            for id in ids {
-                let q = match outcome {
-                DeliveryOutcome::Sent { at } => sqlx::query(
-                    "UPDATE deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
-                )
-                .bind(at),
-                DeliveryOutcome::Retry { error, next_attempt_at, counts } => sqlx::query(
-                    "UPDATE deliveries SET status = CASE WHEN digest IS NULL THEN 'pending' ELSE 'held' END,
-                         next_attempt_at = ?, attempts = attempts + ?, last_error = ? WHERE id = ?",
-                )
-                .bind(next_attempt_at)
-                .bind(i64::from(*counts))
-                .bind(error),
-                DeliveryOutcome::Dead { error, .. } => sqlx::query(
-                    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?",
-                )
-                .bind(error),
-            };
-                q.bind(id).execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let result = self.record(outcomes).await;
+        self.observe(result)
     }
 
     async fn reset_sending(&self) -> Result<u64> {
@@ -454,5 +398,74 @@ impl Outbox for SqliteStore {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+impl SqliteStore {
+    /// Marks the next due deliveries `sending` and returns them.
+    async fn claim(&self, now: i64, limit: i64) -> Result<Vec<Delivery>> {
+        let mut tx = self.write().await?;
+        // A digest is claimed whole, however many alerts it holds, so it goes as one message.
+        // A delivery waits while an earlier one for the same alert and channel is still to go
+        // (outside its own digest): a retried fire must not arrive after its resolve. Waiting
+        // rows are left out before the limit, or a few of them (a resolve behind a fire that
+        // retries in ten minutes) would fill every claim and starve the other channels.
+        // Only fixed SQL is put together here.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE deliveries AS d SET status = 'sending'
+             WHERE d.status IN ('pending', 'held') AND (
+                 d.id IN (SELECT f.id FROM deliveries AS f
+                          WHERE f.status IN ('pending', 'held') AND f.next_attempt_at <= ?1 AND {f}
+                          ORDER BY f.next_attempt_at LIMIT ?2)
+                 OR d.digest IN (SELECT f.digest FROM deliveries AS f
+                                 WHERE f.status = 'held' AND f.digest IS NOT NULL
+                                   AND f.next_attempt_at <= ?1 AND {f}
+                                 ORDER BY f.next_attempt_at LIMIT ?2))
+               AND {d}
+             RETURNING *",
+            f = not_waiting("f"),
+            d = not_waiting("d"),
+        )))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut out: Vec<Delivery> = rows.iter().map(delivery_row).collect();
+        out.sort_by(|a, b| {
+            a.next_attempt_at
+                .cmp(&b.next_attempt_at)
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
+    /// Records a round's outcomes in one write transaction.
+    async fn record(&self, outcomes: &[(Vec<String>, DeliveryOutcome)]) -> Result<()> {
+        let mut tx = self.write().await?;
+        for (ids, outcome) in outcomes {
+            for id in ids {
+                let q = match outcome {
+                DeliveryOutcome::Sent { at } => sqlx::query(
+                    "UPDATE deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
+                )
+                .bind(at),
+                DeliveryOutcome::Retry { error, next_attempt_at, counts } => sqlx::query(
+                    "UPDATE deliveries SET status = CASE WHEN digest IS NULL THEN 'pending' ELSE 'held' END,
+                         next_attempt_at = ?, attempts = attempts + ?, last_error = ? WHERE id = ?",
+                )
+                .bind(next_attempt_at)
+                .bind(i64::from(*counts))
+                .bind(error),
+                DeliveryOutcome::Dead { error, .. } => sqlx::query(
+                    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?",
+                )
+                .bind(error),
+            };
+                q.bind(id).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -69,6 +69,15 @@ impl Server {
         Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), T0)
     }
 
+    /// Starts with the data directory `dir` (a folder on a filesystem the test made).
+    pub async fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        Self::spawn(
+            Arc::new(dir),
+            args.iter().map(|s| s.to_string()).collect(),
+            T0,
+        )
+    }
+
     fn spawn(data_dir: Arc<tempfile::TempDir>, args: Vec<String>, now: i64) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tellify"))
             .arg("serve")

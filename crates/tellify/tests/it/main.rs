@@ -20,3 +20,4 @@ mod notify;
 mod notify_regressions;
 mod regressions;
 mod smtp;
+mod storage;
