@@ -32,18 +32,44 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     engine_thread: std::thread::JoinHandle<()>,
+    /// The delivery worker: it finishes the round it is sending, then stops.
+    worker: tokio::task::JoinHandle<()>,
+    /// How long a stop waits for requests in flight, and then for the delivery worker (ms).
+    grace: i64,
 }
 
 impl Running {
-    /// Stops gracefully: no new connections, in-flight requests finish, the engine commits.
+    /// Stops gracefully: no new connections; requests in flight finish (live streams end at
+    /// once), up to the grace period; the engine evaluates and commits what was accepted; the
+    /// delivery worker records the round it was sending.
     pub async fn stop(self) -> Result<()> {
+        let grace = Duration::from_millis(self.grace.max(0) as u64);
         let _ = self.shutdown.send(true);
-        self.server.await.context("The HTTP server task failed")??;
+        let mut server = self.server;
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(served) => served.context("The HTTP server task failed")??,
+            Err(_) => {
+                warn!(
+                    message = "Requests still in flight after the shutdown timeout; closing their connections.",
+                    timeout_ms = self.grace
+                );
+                server.abort();
+            }
+        }
         self.state.engine.send(Command::Shutdown);
-        tokio::task::spawn_blocking(move || self.engine_thread.join())
+        let engine_thread = self.engine_thread;
+        tokio::task::spawn_blocking(move || engine_thread.join())
             .await
             .context("Failed to wait for the engine")?
             .map_err(|_| anyhow::anyhow!("The engine thread panicked"))?;
+        // Deliveries it could not record go again at the next start (they stay `sending`).
+        if tokio::time::timeout(grace, self.worker).await.is_err() {
+            warn!(
+                message =
+                    "The delivery worker did not finish its round within the shutdown timeout."
+            );
+        }
+        info!(message = "Stopped.");
         Ok(())
     }
 }
@@ -209,6 +235,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .build()
         .context("Failed to build the HTTP client")?;
     let smtp = load_smtp(outbox.as_ref(), &keys, file.smtp.clone(), clock.now()).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let notifiers = crate::notify::notifiers(http, smtp.clone());
     let state = AppState {
         store: store.clone(),
@@ -227,8 +254,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         rate_limit: args.rate_limit,
         buckets: Arc::new(Mutex::new(HashMap::new())),
         fake_clock: args.fake_clock.is_some(),
+        shutdown: shutdown_rx.clone(),
+        revocations: Arc::new(watch::Sender::new(0)),
     };
-    let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(crate::storage_watch::run(
         store.clone(),
         state.engine.clone(),
@@ -266,7 +294,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         policy: crate::notify::Policy::default(),
         wake,
     };
-    tokio::spawn(worker.run(shutdown_rx.clone()));
+    let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", args.listen))?;
@@ -287,6 +315,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         shutdown,
         server,
         engine_thread,
+        worker,
+        grace: parse_duration("--shutdown-timeout", &args.shutdown_timeout)?,
     })
 }
 

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// and their deliveries can still be written while events are refused; 0 turns it off.
     #[arg(long, env = "TELLIFY_STORAGE_RESERVE_MIB", default_value_t = 8)]
     pub storage_reserve_mib: u64,
+    /// On SIGTERM, how long requests in flight (and then the delivery worker's round) may take
+    /// to finish before their connections are closed.
+    #[arg(long, env = "TELLIFY_SHUTDOWN_TIMEOUT", default_value = "30s")]
+    pub shutdown_timeout: String,
     /// Tests only: start a manual clock at this epoch-ms time, moved by `POST /api/v1/_test/clock`.
     #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
     pub fake_clock: Option<i64>,

@@ -254,20 +254,45 @@ pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = state.alerts.subscribe();
-    let events = BroadcastStream::new(rx).filter_map(move |item| match item {
-        Ok(alert) if caller.sees(&alert.owner) => {
-            let data = serde_json::to_string(&alert).unwrap_or_default();
-            Some(Ok(SseEvent::default()
-                .event("alert")
-                .id(alert.id.clone())
-                .data(data)))
+    let mut alerts = BroadcastStream::new(state.alerts.subscribe());
+    let mut shutdown = state.shutdown.clone();
+    let mut revocations = state.revocations.subscribe();
+    let store = state.store.clone();
+    // Ends when the server stops (so a stop drains instead of waiting on open streams) and
+    // when the token it was opened with is revoked.
+    let events = async_stream::stream! {
+        loop {
+            tokio::select! {
+                item = alerts.next() => match item {
+                    Some(Ok(alert)) if caller.sees(&alert.owner) => {
+                        let data = serde_json::to_string(&alert).unwrap_or_default();
+                        yield Ok(SseEvent::default().event("alert").id(alert.id.clone()).data(data));
+                    }
+                    Some(Ok(_)) => {}
+                    // A slow reader missed changes: tell it to reload rather than silently skip.
+                    Some(Err(_)) => yield Ok(SseEvent::default().event("lagged").data("{}")),
+                    None => break,
+                },
+                _ = stopping(&mut shutdown) => break,
+                changed = revocations.changed() => {
+                    let standing = matches!(store.user_by_token(&caller.token_hash).await, Ok(Some(_)));
+                    if changed.is_err() || !standing {
+                        break;
+                    }
+                }
+            }
         }
-        Ok(_) => None,
-        // A slow reader missed changes: tell it to reload rather than silently skip.
-        Err(_) => Some(Ok(SseEvent::default().event("lagged").data("{}"))),
-    });
+    };
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// Waits until the server stops.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,10 @@ pub struct AppState {
     pub buckets: Arc<Mutex<HashMap<String, (f64, i64)>>>,
     /// Whether the test clock endpoint is mounted (`TELLIFY_FAKE_CLOCK`).
     pub fake_clock: bool,
+    /// Becomes `true` when the server stops: live streams end so the stop can drain.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Bumped whenever a token is revoked: live streams check that theirs still stands.
+    pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The authenticated user of a request.

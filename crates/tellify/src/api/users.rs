@@ -206,6 +206,8 @@ pub async fn delete_token(
     {
         return Err(ApiError::not_found("token"));
     }
+    // Streams opened with the token end now, not at their next request.
+    state.revocations.send_modify(|n| *n += 1);
     state
         .store
         .audit(

@@ -150,6 +150,29 @@ impl Server {
         self.child.wait().expect("wait")
     }
 
+    /// Sends SIGTERM and returns at once; see [`Server::exited_within`].
+    pub fn signal_term(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    }
+
+    /// The exit status, if the process ends within `limit`.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts the server again on the same data after it stopped.
     pub fn restart(self) -> Server {
         let (dir, args, now) = (self.data_dir.clone(), self.args.clone(), self.now);

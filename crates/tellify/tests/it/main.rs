@@ -10,6 +10,7 @@ mod channels;
 mod cli;
 mod core_flows;
 mod crash;
+mod drain;
 mod email;
 mod failures;
 mod hostile;
