@@ -19,4 +19,5 @@ mod kafka;
 mod notify;
 mod notify_regressions;
 mod regressions;
+mod secrets;
 mod smtp;
