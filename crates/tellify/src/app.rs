@@ -135,7 +135,13 @@ async fn bootstrap_admin(store: &dyn Store, now: i64) -> Result<()> {
     };
     store.create_user(&user, now).await?;
     store
-        .create_token(ADMIN, "bootstrap", &hash_token(&token), now)
+        .create_token(
+            ADMIN,
+            "bootstrap",
+            &hash_token(&token),
+            crate::auth::TokenScope::Api,
+            now,
+        )
         .await?;
     if env_token.is_none() || env_password.is_none() {
         eprintln!("\nFirst start: created the user `admin`. These are shown once:");
@@ -215,6 +221,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         rate_limit: args.rate_limit,
         buckets: Arc::new(Mutex::new(HashMap::new())),
         fake_clock: args.fake_clock.is_some(),
+        metrics_public: args.metrics_public,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut rule_paths = args.rules.clone();

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// How long resolved alerts and their history are kept.
     #[arg(long, env = "TELLIFY_HISTORY_RETENTION", default_value = "90d")]
     pub history_retention: String,
+    /// Serve `/metrics` without a token. By default it needs an admin token or a token made
+    /// with `"scope": "metrics"`, since it names every user's rules and sources.
+    #[arg(long, env = "TELLIFY_METRICS_PUBLIC")]
+    pub metrics_public: bool,
     /// Tests only: start a manual clock at this epoch-ms time, moved by `POST /api/v1/_test/clock`.
     #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
     pub fake_clock: Option<i64>,

@@ -13,6 +13,7 @@ mod crash;
 mod email;
 mod failures;
 mod hostile;
+mod hygiene;
 mod ingest;
 mod isolation;
 mod kafka;
