@@ -154,6 +154,41 @@ pub struct RuleSpec {
     pub from: Option<String>,
 }
 
+/// The longest rule, template or instance name, in characters.
+pub const MAX_RULE_NAME: usize = 200;
+
+/// The one check of a name a user chooses for an object that is addressed by it in paths
+/// and shown in pages and logs — rules, templates and instances here; channels, users and
+/// token labels in the server, which may narrow the characters further: 1 to `max`
+/// characters, not blank, no leading or trailing white space, and no control characters
+/// (NUL, CR, LF, ESC, …) or bidirectional overrides, which would let a name hide or
+/// disguise what it says. The message names no field; callers say which name it is.
+pub fn check_name(name: &str, max: usize) -> Result<(), String> {
+    let len = name.chars().count();
+    if len == 0 || len > max || name.trim().is_empty() {
+        return Err(format!("must be 1 to {max} characters and not blank"));
+    }
+    if name.trim() != name {
+        return Err("must not begin or end with white space".into());
+    }
+    // U+202A..U+202E and U+2066..U+2069 reorder text; U+200E/U+200F mark direction.
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if let Some(c) = name.chars().find(|&c| hidden(c)) {
+        return Err(format!(
+            "must not hold control or text-direction characters (found U+{:04X})",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+fn check_rule_name(name: &str) -> Result<(), RuleError> {
+    check_name(name, MAX_RULE_NAME).map_err(|m| RuleError::new(Some("name"), m))
+}
+
 /// A rule that failed validation; `field` names where, when it is one field's fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}{message}", field.as_ref().map(|f| format!("`{f}`: ")).unwrap_or_default())]
@@ -243,6 +278,7 @@ pub fn parse_doc(value: Value) -> Result<RuleDoc, RuleError> {
             .and_then(Value::as_str)
             .ok_or_else(|| RuleError::new(Some("name"), "a template needs a name"))?
             .to_owned();
+        check_rule_name(&name)?;
         let params = map
             .get("params")
             .cloned()
@@ -263,6 +299,9 @@ pub fn parse_doc(value: Value) -> Result<RuleDoc, RuleError> {
             params,
             doc: value,
         }));
+    }
+    if let Some(Value::String(name)) = map.get("name") {
+        check_rule_name(name)?;
     }
     if map.contains_key("from") {
         return serde_json::from_value(value)
@@ -301,12 +340,7 @@ impl RuleSpec {
 
     /// Checks everything that does not need the JavaScript engine.
     pub fn validate(&self) -> Result<(), RuleError> {
-        if self.name.trim().is_empty() || self.name.len() > 200 {
-            return Err(RuleError::new(
-                Some("name"),
-                "must be 1 to 200 characters and not blank",
-            ));
-        }
+        check_rule_name(&self.name)?;
         if let Some(source) = &self.source
             && source.is_empty()
         {
@@ -546,6 +580,37 @@ mod tests {
         match doc {
             RuleDoc::Rule(r) => r,
             other => panic!("expected a rule, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_are_checked_the_same_for_rules_templates_and_instances() {
+        assert!(check_name("disk full / cad-1", 200).is_ok());
+        assert!(check_name("Plattenplatz übervoll ✓", 200).is_ok());
+        for bad in [
+            "",
+            "   ",
+            " x",
+            "x ",
+            "a\0b",
+            "a\nb",
+            "a\rb",
+            "a\u{1b}[31mb",
+            "a\u{7f}",
+            "a\u{85}b",
+            "a\u{202e}b",
+        ] {
+            assert!(check_name(bad, 200).is_err(), "{bad:?}");
+        }
+        assert!(check_name(&"x".repeat(200), 200).is_ok());
+        assert!(check_name(&"x".repeat(201), 200).is_err());
+        for doc in [
+            json!({"name": "a\u{0}b", "when": "true"}),
+            json!({"name": "a\nb", "template": true, "when": "true"}),
+            json!({"name": "a\u{7}b", "from": "t"}),
+        ] {
+            let err = parse_doc(doc).expect_err("a control character");
+            assert_eq!(err.field.as_deref(), Some("name"));
         }
     }
 

@@ -161,6 +161,7 @@ impl Server {
     async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .expect("GET /metrics answers")

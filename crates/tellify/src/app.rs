@@ -161,7 +161,13 @@ async fn bootstrap_admin(store: &dyn Store, now: i64) -> Result<()> {
     };
     store.create_user(&user, now).await?;
     store
-        .create_token(ADMIN, "bootstrap", &hash_token(&token), now)
+        .create_token(
+            ADMIN,
+            "bootstrap",
+            &hash_token(&token),
+            crate::auth::TokenScope::Api,
+            now,
+        )
         .await?;
     if env_token.is_none() || env_password.is_none() {
         eprintln!("\nFirst start: created the user `admin`. These are shown once:");
@@ -256,6 +262,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         fake_clock: args.fake_clock.is_some(),
         shutdown: shutdown_rx.clone(),
         revocations: Arc::new(watch::Sender::new(0)),
+        metrics_public: args.metrics_public,
     };
     tokio::spawn(crate::storage_watch::run(
         store.clone(),

@@ -5,6 +5,44 @@
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+/// What a token may do.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Everything its user may do.
+    #[default]
+    Api,
+    /// Only reading `/metrics` (a Prometheus scraper's token); refused everywhere else.
+    Metrics,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Api => "api",
+            TokenScope::Metrics => "metrics",
+        }
+    }
+
+    /// The scope as stored; anything unknown grants the least.
+    pub fn from_stored(text: &str) -> Self {
+        match text {
+            "api" => TokenScope::Api,
+            _ => TokenScope::Metrics,
+        }
+    }
+}
+
 /// A fresh token: `tfy_` and 64 hex digits.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];

@@ -107,6 +107,9 @@ pub enum TokensCommand {
         user: Option<String>,
         #[arg(long)]
         name: Option<String>,
+        /// `api` (default) or `metrics`: a token that may only read /metrics (admins).
+        #[arg(long, value_parser = ["api", "metrics"])]
+        scope: Option<String>,
     },
     /// Revoke a token by id.
     Revoke {
@@ -513,19 +516,24 @@ async fn client(command: Command) -> Result<ExitCode> {
                 serde_saphyr::to_string_multiple(&docs).map_err(|e| anyhow!("{e}"))?
             );
         }
-        Command::Tokens(TokensCommand::Create { server, user, name }) => {
+        Command::Tokens(TokensCommand::Create {
+            server,
+            user,
+            name,
+            scope,
+        }) => {
             let client = Client::new(&server)?;
             let answer = client
                 .json(
                     Method::POST,
                     "/api/v1/tokens",
-                    &json!({"user": user, "name": name}),
+                    &json!({"user": user, "name": name, "scope": scope}),
                 )
                 .await?;
             println!("{}", answer["token"].as_str().unwrap_or_default());
             eprintln!(
-                "token id {} for {} (shown once)",
-                answer["id"], answer["user"]
+                "token id {} for {}, scope {} (shown once)",
+                answer["id"], answer["user"], answer["scope"]
             );
         }
         Command::Tokens(TokensCommand::Revoke { server, id }) => {

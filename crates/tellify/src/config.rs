@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// to finish before their connections are closed.
     #[arg(long, env = "TELLIFY_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
+    /// Serve `/metrics` without a token. By default it needs an admin token or a token made
+    /// with `"scope": "metrics"`, since it names every user's rules and sources.
+    #[arg(long, env = "TELLIFY_METRICS_PUBLIC", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics_public: bool,
     /// Tests only: start a manual clock at this epoch-ms time, moved by `POST /api/v1/_test/clock`.
     #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
     pub fake_clock: Option<i64>,

@@ -98,8 +98,7 @@ pub async fn put_channel(
             "a channel must be a JSON object",
         ));
     };
-    let valid_name = !name.is_empty()
-        && name.len() <= 100
+    let valid_name = tellify_core::rule::check_name(&name, 100).is_ok()
         && name
             .chars()
             .all(|c| c.is_alphanumeric() || "._-".contains(c));
@@ -144,24 +143,17 @@ pub async fn put_channel(
     if shared && !caller.user.is_admin() {
         return Err(ApiError::forbidden("only admins make shared channels"));
     }
-    let old_settings = stored
-        .as_ref()
-        .filter(|c| c.kind == kind)
-        .and_then(|c| c.settings.as_object().cloned());
-    // Secrets kept from before count as given for the required-field check; other settings
-    // must be sent again (a PUT replaces the channel).
-    let mut check = settings.clone();
-    if let (Some(old), Some(k)) = (&old_settings, channel::kind(&kind)) {
-        for field in k.secrets {
-            if check.get(*field).is_none_or(|x| x == channel::HIDDEN)
-                && let Some(v) = old.get(*field)
-            {
-                check.insert((*field).to_owned(), v.clone());
-            }
-        }
-    }
-    channel::validate(&kind, &check).map_err(|m| ApiError::bad_request("invalid_channel", m))?;
-    let sealed = channel::seal(&kind, settings, old_settings.as_ref(), &state.keys);
+    // The stored settings of the same kind, opened: the secrets this update keeps.
+    let old_settings = match stored.as_ref().filter(|c| c.kind == kind) {
+        Some(c) => match &c.settings {
+            Value::Object(m) => Some(channel::open(&kind, m.clone(), &state.keys)?),
+            _ => None,
+        },
+        None => None,
+    };
+    let plain = channel::resolve(&kind, settings, old_settings.as_ref())
+        .map_err(|m| ApiError::bad_request("invalid_channel", m))?;
+    let sealed = channel::seal(&kind, plain, &state.keys);
     let now = state.clock.now();
     let row = ChannelRow {
         owner: owner.clone(),

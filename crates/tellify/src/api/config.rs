@@ -4,46 +4,47 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 
 use super::extract::Json;
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::crypto::SecretBox;
-use crate::notify::channel::HIDDEN;
+use crate::notify::channel::Secrets;
 use crate::notify::email::SmtpSettings;
+
+/// Where the SMTP settings keep secrets: the same write-only rule as channels.
+const SMTP_SECRETS: Secrets = Secrets {
+    fields: &["password"],
+    maps: &[],
+};
+
+fn to_map(smtp: &SmtpSettings) -> Map<String, Value> {
+    match serde_json::to_value(smtp) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
 
 /// The settings as stored: the password sealed.
 pub fn seal_smtp(smtp: &SmtpSettings, keys: &SecretBox) -> Value {
-    let mut v = serde_json::to_value(smtp).unwrap_or(Value::Null);
-    if let Some(p) = &smtp.password {
-        v["password"] = json!(keys.seal(p));
-    }
-    v
+    Value::Object(SMTP_SECRETS.seal(to_map(smtp), keys))
 }
 
 /// The settings as used: the password opened.
-pub fn open_smtp(mut v: Value, keys: &SecretBox) -> anyhow::Result<SmtpSettings> {
-    if let Some(p) = v
-        .get("password")
-        .and_then(Value::as_str)
-        .filter(|p| SecretBox::is_sealed(p))
-    {
-        v["password"] = json!(keys.open(p)?);
-    }
-    Ok(serde_json::from_value(v)?)
+pub fn open_smtp(v: Value, keys: &SecretBox) -> anyhow::Result<SmtpSettings> {
+    let Value::Object(m) = v else {
+        anyhow::bail!("the stored SMTP settings are not an object");
+    };
+    Ok(serde_json::from_value(Value::Object(
+        SMTP_SECRETS.open(m, keys)?,
+    ))?)
 }
 
 fn view(smtp: Option<&SmtpSettings>) -> Value {
-    match smtp {
-        Some(s) => {
-            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-            if s.password.is_some() {
-                v["password"] = json!(HIDDEN);
-            }
-            v
-        }
-        None => json!({}),
-    }
+    Value::Object(
+        smtp.map(|s| SMTP_SECRETS.hide(to_map(s)))
+            .unwrap_or_default(),
+    )
 }
 
 #[utoipa::path(get, path = "/api/v1/config/smtp", tag = "notifications", responses((status = 200, description = "SMTP settings, password shown as ***")))]
@@ -88,11 +89,9 @@ pub async fn put_smtp(
         .map_err(|_| ApiError::unavailable("settings are being changed"))?
         .clone();
     // A password left out or sent as *** keeps the stored one.
-    if map.get("password").is_none_or(|p| p == HIDDEN)
-        && let Some(p) = current.as_ref().and_then(|c| c.password.clone())
-    {
-        map.insert("password".into(), json!(p));
-    }
+    SMTP_SECRETS
+        .keep(map, current.as_ref().map(to_map).as_ref())
+        .map_err(|m| ApiError::bad_request("invalid_smtp", m))?;
     let smtp: SmtpSettings = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_smtp", e.to_string()))?;
     smtp.check()

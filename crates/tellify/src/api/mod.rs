@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use tellify_core::expr::Limits;
 use tokio::sync::broadcast;
 
-use crate::auth::hash_token;
+use crate::auth::{TokenScope, hash_token};
 use crate::clock::Clock;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
@@ -64,6 +64,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Bumped whenever a token is revoked: live streams check that theirs still stands.
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
+    /// `--metrics-public`: `/metrics` answers without a token.
+    pub metrics_public: bool,
 }
 
 /// The authenticated user of a request.
@@ -103,25 +105,59 @@ impl Caller {
     }
 }
 
+/// The user and scope of the request's bearer token; `401` without a known one.
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(User, TokenScope, String), ApiError> {
+    let token = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    let token_hash = hash_token(token);
+    let (user, scope) = state
+        .store
+        .user_by_token(&token_hash)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok((user, scope, token_hash))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::unauthorized)?;
-        let token_hash = hash_token(token);
-        let user = state
-            .store
-            .user_by_token(&token_hash)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?;
+        let (user, scope, token_hash) = authenticate(parts, state).await?;
+        if scope != TokenScope::Api {
+            return Err(ApiError::forbidden("this token may only read /metrics"));
+        }
         Ok(Caller { user, token_hash })
+    }
+}
+
+/// Who may read `/metrics`, which names every user's rules and sources: an admin's token or
+/// a token made with `"scope": "metrics"`; anyone when the server runs with
+/// `--metrics-public`.
+pub struct Scraper;
+
+impl FromRequestParts<AppState> for Scraper {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.metrics_public {
+            return Ok(Scraper);
+        }
+        match authenticate(parts, state).await? {
+            (_, TokenScope::Metrics, _) => Ok(Scraper),
+            (user, TokenScope::Api, _) if user.is_admin() => Ok(Scraper),
+            _ => Err(ApiError::forbidden(
+                "/metrics needs an admin token or a token made with \"scope\": \"metrics\"",
+            )),
+        }
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<AppState>, _scraper: super::Scraper) -> impl IntoResponse {
     if let Ok(counts) = state.store.open_counts().await {
         state.metrics.alerts_open.clear();
         for (status, severity, n) in counts {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::extract::{Json, Path};
 use super::{ApiError, ApiResult, AppState, Caller};
-use crate::auth::{hash_token, new_token};
+use crate::auth::{TokenScope, hash_token, new_token};
 use crate::store::User;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -34,8 +34,7 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 
 /// Checks and builds a user; shared by the API and `tellify users add`.
 pub fn build_user(new: NewUser) -> Result<User, String> {
-    let name_ok = !new.name.is_empty()
-        && new.name.len() <= 64
+    let name_ok = tellify_core::rule::check_name(&new.name, 64).is_ok()
         && new
             .name
             .chars()
@@ -136,6 +135,9 @@ pub struct NewToken {
     pub name: Option<String>,
     /// Admins: create the token for this user.
     pub user: Option<String>,
+    /// `api` (default: everything the user may) or `metrics` (admins only: a token that may
+    /// only read `/metrics`, for a Prometheus scraper).
+    pub scope: Option<TokenScope>,
 }
 
 /// Creates a token; the answer is the only time the token is shown.
@@ -154,6 +156,16 @@ pub async fn create_token(
             .map_err(|e| ApiError::bad_request("bad_request", format!("invalid body: {e}")))?
     };
     let user = caller.acting_for(body.user.as_deref())?;
+    let name = body.name.unwrap_or_default();
+    if !name.is_empty() {
+        tellify_core::rule::check_name(&name, 100)
+            .map_err(|m| ApiError::bad_request("bad_request", format!("`name`: {m}")))?;
+    }
+    let scope = body.scope.unwrap_or_default();
+    // /metrics names every user's rules and sources: only admins hand out its tokens.
+    if scope == TokenScope::Metrics {
+        caller.require_admin()?;
+    }
     if state.store.get_user(&user).await?.is_none() {
         return Err(ApiError::not_found("user"));
     }
@@ -161,12 +173,7 @@ pub async fn create_token(
     let now = state.clock.now();
     let info = state
         .store
-        .create_token(
-            &user,
-            body.name.as_deref().unwrap_or(""),
-            &hash_token(&token),
-            now,
-        )
+        .create_token(&user, &name, &hash_token(&token), scope, now)
         .await?;
     state
         .store
@@ -180,7 +187,7 @@ pub async fn create_token(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": info.id, "token": token, "user": user })),
+        Json(json!({ "id": info.id, "token": token, "user": user, "scope": info.scope })),
     ))
 }
 

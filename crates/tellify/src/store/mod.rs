@@ -44,6 +44,8 @@ pub struct TokenInfo {
     pub id: String,
     pub user: String,
     pub name: String,
+    /// `api` (everything the user may) or `metrics` (only `/metrics`).
+    pub scope: crate::auth::TokenScope,
     pub created_at: i64,
 }
 
@@ -284,9 +286,16 @@ pub trait Store: Send + Sync {
     async fn create_user(&self, user: &User, now: i64) -> Result<bool>;
     async fn get_user(&self, name: &str) -> Result<Option<User>>;
     async fn list_users(&self) -> Result<Vec<User>>;
-    async fn create_token(&self, user: &str, name: &str, hash: &str, now: i64)
-    -> Result<TokenInfo>;
-    async fn user_by_token(&self, hash: &str) -> Result<Option<User>>;
+    async fn create_token(
+        &self,
+        user: &str,
+        name: &str,
+        hash: &str,
+        scope: crate::auth::TokenScope,
+        now: i64,
+    ) -> Result<TokenInfo>;
+    /// The user a token hash belongs to, and what the token may do.
+    async fn user_by_token(&self, hash: &str) -> Result<Option<(User, crate::auth::TokenScope)>>;
     async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>>;
     async fn delete_token(&self, id: &str, user: Option<&str>) -> Result<bool>;
 

@@ -21,6 +21,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use tellify_core::alert::{AlertKey, Change, Status};
 
 use super::health::{FailureKind, StorageHealth};
+use crate::auth::TokenScope;
+
 use super::{
     Alert, AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
     HistoryEntry, HistoryFilter, NewDelivery, NewEvent, OpenAlert, RuleWrite, SourceInfo,
@@ -667,16 +669,18 @@ impl Store for SqliteStore {
         user: &str,
         name: &str,
         hash: &str,
+        scope: TokenScope,
         now: i64,
     ) -> Result<TokenInfo> {
         let id = format!("tok_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(
-            "INSERT INTO tokens (id, user_name, name, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, user_name, name, hash, scope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(user)
         .bind(name)
         .bind(hash)
+        .bind(scope.as_str())
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -684,24 +688,25 @@ impl Store for SqliteStore {
             id,
             user: user.to_owned(),
             name: name.to_owned(),
+            scope,
             created_at: now,
         })
     }
 
-    async fn user_by_token(&self, hash: &str) -> Result<Option<User>> {
+    async fn user_by_token(&self, hash: &str) -> Result<Option<(User, TokenScope)>> {
         Ok(sqlx::query(
-            "SELECT users.* FROM tokens JOIN users ON users.name = tokens.user_name WHERE tokens.hash = ?",
+            "SELECT users.*, tokens.scope AS token_scope FROM tokens JOIN users ON users.name = tokens.user_name WHERE tokens.hash = ?",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(user_row))
+        .map(|r| (user_row(r), TokenScope::from_stored(r.get("token_scope")))))
     }
 
     async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(
-            "SELECT id, user_name, name, created_at FROM tokens WHERE ?1 IS NULL OR user_name = ?1 ORDER BY id",
+            "SELECT id, user_name, name, scope, created_at FROM tokens WHERE ?1 IS NULL OR user_name = ?1 ORDER BY id",
         )
         .bind(user)
         .fetch_all(&self.pool)
@@ -712,6 +717,7 @@ impl Store for SqliteStore {
                 id: r.get("id"),
                 user: r.get("user_name"),
                 name: r.get("name"),
+                scope: TokenScope::from_stored(r.get("scope")),
                 created_at: r.get("created_at"),
             })
             .collect())

@@ -263,7 +263,7 @@ async fn health_metrics_openapi_and_the_live_stream() {
     }
     assert!(text.contains("event: alert"), "{text}");
 
-    let (_, metrics) = server.get("", "/metrics").await;
+    let (_, metrics) = server.get(ADMIN, "/metrics").await;
     let metrics = metrics.as_str().expect("text").to_owned();
     assert!(
         metrics.contains("tellify_events_ingested_total{source=\"s\"} 1"),
