@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sqlx::Connection;
 
 use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
 
@@ -39,25 +38,8 @@ async fn sigterm_finishes_the_request_in_flight_and_refuses_new_ones() {
         .await;
     let stream = open_stream(&server, ADMIN).await;
     // Another process holds the write lock, so the next event is in flight until it lets go.
-    let db = server.data_dir.path().join("tellify.db");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("connect");
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut other)
-        .await
-        .expect("lock");
-    let base = server.base.clone();
-    let post = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/events?source=s"))
-            .bearer_auth(ADMIN)
-            .header("content-type", "application/json")
-            .body(r#"{"n": 1}"#)
-            .send()
-            .await
-            .map(|r| r.status())
-    });
+    let mut other = server.lock_database().await;
+    let post = server.post_in_background("s", r#"{"n": 1}"#);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!post.is_finished(), "the event waits for the lock");
 
@@ -108,25 +90,8 @@ async fn sigterm_finishes_the_request_in_flight_and_refuses_new_ones() {
 #[tokio::test]
 async fn a_stuck_request_is_cut_off_after_the_shutdown_timeout() {
     let mut server = Server::start_with(&["--shutdown-timeout", "1s"]).await;
-    let db = server.data_dir.path().join("tellify.db");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("connect");
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut other)
-        .await
-        .expect("lock");
-    let base = server.base.clone();
-    let post = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/events?source=s"))
-            .bearer_auth(ADMIN)
-            .header("content-type", "application/json")
-            .body(r#"{"n": 1}"#)
-            .send()
-            .await
-            .map(|r| r.status())
-    });
+    let _lock = server.lock_database().await;
+    let post = server.post_in_background("s", r#"{"n": 1}"#);
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.signal_term();
     let started = std::time::Instant::now();

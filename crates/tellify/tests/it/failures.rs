@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sqlx::Connection;
 
 use crate::harness::{ADMIN_TOKEN as ADMIN, Server};
 
@@ -14,27 +13,9 @@ async fn a_locked_database_delays_ingest_and_loses_nothing() {
     server
         .rule(ADMIN, json!({"name": "all", "source": "s", "when": "true"}))
         .await;
-    let db = server.data_dir.path().join("tellify.db");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("connect");
     // Another process holds the write lock.
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut other)
-        .await
-        .expect("lock");
-    let base = server.base.clone();
-    let post = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/events?source=s"))
-            .bearer_auth(ADMIN)
-            .header("content-type", "application/json")
-            .body(r#"{"n": 1}"#)
-            .send()
-            .await
-            .expect("answer")
-            .status()
-    });
+    let mut other = server.lock_database().await;
+    let post = server.post_in_background("s", r#"{"n": 1}"#);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !post.is_finished(),
@@ -44,7 +25,10 @@ async fn a_locked_database_delays_ingest_and_loses_nothing() {
         .execute(&mut other)
         .await
         .expect("unlock");
-    assert_eq!(post.await.expect("joined"), StatusCode::ACCEPTED);
+    assert_eq!(
+        post.await.expect("joined").expect("answered"),
+        StatusCode::ACCEPTED
+    );
     server.settle().await;
     assert_eq!(server.alerts(ADMIN, "").await[0]["count"], 1);
 }

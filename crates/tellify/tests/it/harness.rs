@@ -150,6 +150,37 @@ impl Server {
         self.child.wait().expect("wait")
     }
 
+    /// Takes SQLite's write lock from another connection, as another process would; `COMMIT`
+    /// on the returned connection lets go.
+    pub async fn lock_database(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let db = self.data_dir.path().join("tellify.db");
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .expect("lock");
+        other
+    }
+
+    /// Posts one JSON event on a task of its own: the answer's status, or the error when the
+    /// connection was closed without one.
+    pub fn post_in_background(
+        &self,
+        source: &str,
+        body: &str,
+    ) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
+        let request = self
+            .http
+            .post(format!("{}/api/v1/events?source={source}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+    }
+
     /// Sends SIGTERM and returns at once; see [`Server::exited_within`].
     pub fn signal_term(&self) {
         let sent = Command::new("kill")
