@@ -29,6 +29,7 @@ pub const STORAGE_FAILING: &str = "tellify.storage.failing";
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Disk space set aside for alerts and deliveries when the disk fills.
+#[derive(Clone)]
 pub struct Reserve {
     path: PathBuf,
     bytes: u64,
