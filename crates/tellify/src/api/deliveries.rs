@@ -17,10 +17,11 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/deliveries", tag = "notifications",
-    params(("status" = Option<String>, Query, description = "pending | held | sending | sent | dead | silenced"),
-           ("alert" = Option<String>, Query, description = "alert id")),
-    responses((status = 200, description = "newest first", body = [Delivery])))]
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "notifications", operation_id = "list_deliveries",
+    params(("status" = Option<String>, Query, description = "pending | held | sending | sent | dead | silenced", pattern = "^(pending|held|sending|sent|dead|silenced)$"),
+           ("alert" = Option<String>, Query, description = "alert id"),
+           ("limit" = Option<i64>, Query, description = "at most this many, 1 to 1000 (default 100)", minimum = 1, maximum = 1000)),
+    responses((status = 200, description = "newest first", body = ref("#/components/schemas/DeliveryList"))))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -60,8 +61,9 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Delivery
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "delivery id")), responses((status = 200, description = "the delivery", body = Delivery)))]
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "notifications", operation_id = "get_delivery",
+    params(("id" = String, Path, description = "delivery id")),
+    responses((status = 200, description = "the delivery", body = Delivery)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,9 +73,10 @@ pub async fn get(
 }
 
 /// Sends a dead delivery again, from its first attempt.
-#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "notifications",
+#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "notifications", operation_id = "retry_delivery",
     params(("id" = String, Path, description = "delivery id")),
-    responses((status = 200, description = "queued again"), (status = 409, description = "not dead")))]
+    responses((status = 200, description = "queued again", body = Delivery),
+              (status = 409, description = "only a dead delivery can be retried")))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
