@@ -34,10 +34,11 @@ fn limit(requested: Option<i64>) -> ApiResult<i64> {
     params(("status" = Option<String>, Query, description = "pending | firing | resolved", pattern = "^(pending|firing|resolved)$"),
            ("rule" = Option<String>, Query, description = "rule name"),
            ("severity" = Option<String>, Query, description = "critical | error | warning | info", pattern = "^(critical|error|warning|info)$"),
-           ("owner" = Option<String>, Query, description = "admins: this user's alerts"),
+           ("owner" = Option<String>, Query, description = "admins: this user's alerts (default: all)"),
            ("limit" = Option<i64>, Query, description = "page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$")),
-    responses((status = 200, description = "newest first; also `?label.NAME=VALUE` filters", body = ref("#/components/schemas/AlertList"))))]
+    responses((status = 200, description = "newest first; also `?label.NAME=VALUE` filters", body = ref("#/components/schemas/AlertList")),
+              (status = 403, description = "`owner` names another user and the caller is not an admin")))]
 pub async fn list_alerts(
     State(state): State<AppState>,
     caller: Caller,
@@ -63,7 +64,7 @@ pub async fn list_alerts(
                 )
             }
             "rule" => filter.rule = Some(v),
-            "owner" if caller.user.is_admin() => filter.owner = Some(v),
+            "owner" => filter.owner = Some(caller.acting_for(Some(&v))?),
             "limit" => {
                 filter.limit = limit(Some(v.parse().map_err(|_| {
                     ApiError::bad_request("bad_request", "`limit` must be a number")

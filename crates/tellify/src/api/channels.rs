@@ -69,7 +69,7 @@ async fn find(
 }
 
 #[utoipa::path(get, path = "/api/v1/channels/{name}", tag = "notifications",
-    params(("name" = String, Path, description = "channel name"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    params(("name" = String, Path, description = "channel name", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     responses((status = 200, description = "the channel, secrets shown as `***`", body = ref("#/components/schemas/Channel"))))]
 pub async fn get_channel(
     State(state): State<AppState>,
@@ -84,7 +84,7 @@ pub async fn get_channel(
 
 /// Creates or replaces a channel. Secrets left out or sent as `***` keep their stored value.
 #[utoipa::path(put, path = "/api/v1/channels/{name}", tag = "notifications",
-    params(("name" = String, Path, description = "channel name: 1 to 100 letters, digits and `._-`"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    params(("name" = String, Path, description = "channel name: 1 to 100 letters, digits and `._-`", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     request_body(content = ref("#/components/schemas/ChannelSettings"), content_type = "application/json"),
     responses((status = 200, description = "replaced", body = ref("#/components/schemas/Channel")),
               (status = 201, description = "created", body = ref("#/components/schemas/Channel")),
@@ -202,7 +202,7 @@ pub async fn put_channel(
 }
 
 #[utoipa::path(delete, path = "/api/v1/channels/{name}", tag = "notifications",
-    params(("name" = String, Path, description = "channel name"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    params(("name" = String, Path, description = "channel name", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     responses((status = 204, description = "deleted")))]
 pub async fn delete_channel(
     State(state): State<AppState>,
@@ -228,7 +228,7 @@ pub async fn delete_channel(
 
 /// Sends a test notification now and says how it went.
 #[utoipa::path(post, path = "/api/v1/channels/{name}/test", tag = "notifications",
-    params(("name" = String, Path, description = "channel name"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    params(("name" = String, Path, description = "channel name", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     responses((status = 200, description = "sent", body = ref("#/components/schemas/ChannelTest")),
               (status = 400, description = "this kind of channel cannot send in this version"),
               (status = 502, description = "the receiver refused or could not be reached (`delivery_failed`, with `retryable`)")))]

@@ -83,8 +83,9 @@ impl Caller {
     }
 
     /// The owner a request acts for: the caller, or for admins the `owner` they name.
+    /// An empty `owner` (`?owner=`) is no owner.
     pub fn acting_for(&self, owner: Option<&str>) -> ApiResult<String> {
-        match owner {
+        match owner.filter(|o| !o.is_empty()) {
             None => Ok(self.user.name.clone()),
             Some(o) if o == self.user.name => Ok(o.to_owned()),
             Some(o) if self.user.is_admin() => Ok(o.to_owned()),

@@ -90,7 +90,7 @@ async fn find(
 }
 
 #[utoipa::path(get, path = "/api/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path, description = "rule name, URL-encoded"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    params(("name" = String, Path, description = "rule name, URL-encoded", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     responses((status = 200, description = "the rule", body = ref("#/components/schemas/Rule"))))]
 pub async fn get_rule(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub async fn put_rule(
 }
 
 #[utoipa::path(delete, path = "/api/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path, description = "rule name, URL-encoded"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    params(("name" = String, Path, description = "rule name, URL-encoded", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     responses((status = 204, description = "deleted; its open alerts are resolved")))]
 pub async fn delete_rule(
     State(state): State<AppState>,
@@ -205,7 +205,7 @@ pub struct TestQuery {
 
 /// Dry run of a saved rule: body = events (JSON, NDJSON or text); nothing is stored.
 #[utoipa::path(post, path = "/api/v1/rules/{name}/test", tag = "rules",
-    params(("name" = String, Path, description = "rule name, URL-encoded"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)"),
+    params(("name" = String, Path, description = "rule name, URL-encoded", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)"),
            ("source" = Option<String>, Query, description = "source of the events (default `default`)"),
            ("advance" = Option<String>, Query, description = "time to let pass after the events, e.g. `5m`")),
     request_body(description = "events, as for `POST /api/v1/events`",
