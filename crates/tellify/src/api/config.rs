@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::extract::Json;
+use super::extract::{Json, NoParams, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::crypto::SecretBox;
 use crate::notify::channel::HIDDEN;
@@ -49,7 +49,11 @@ fn view(smtp: Option<&SmtpSettings>) -> Value {
 #[utoipa::path(get, path = "/api/v1/config/smtp", tag = "notifications",
     responses((status = 200, description = "the SMTP settings, password shown as `***`", body = ref("#/components/schemas/Smtp")),
               (status = 403, description = "not an admin")))]
-pub async fn get_smtp(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn get_smtp(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let smtp = state
         .smtp

@@ -7,7 +7,8 @@
 //! answers is missing from the document:
 //!
 //! - `401` on every operation (all of them need a token), `500` and `503` on every operation;
-//! - `400` on every operation that takes parameters or a body (a bad query string, path or body);
+//! - `400` on every operation that takes parameters or a body, or refuses parameters it does not
+//!   take (all but [`IGNORE_QUERY`]);
 //! - `404` on every operation with a path parameter (no such object, or another user's);
 //! - `413` on every operation with a body.
 //!
@@ -135,6 +136,10 @@ pub fn full_document() -> Value {
 
 const ERROR_REF: &str = "#/components/schemas/Error";
 
+/// Operations that read no query string (so cannot answer `400`); every other one refuses
+/// parameters it does not take.
+const IGNORE_QUERY: [&str; 2] = ["me", "stream"];
+
 /// Adds to every operation the answers it can give without saying so in its annotation, and
 /// gives every error answer the error shape.
 fn complete(doc: &mut Value) {
@@ -159,6 +164,11 @@ fn complete(doc: &mut Value) {
                 })
                 .unwrap_or_default();
             let has_body = op.contains_key("requestBody");
+            let id = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             // A body is required unless its schema admits `null` (then none is fine, too).
             if let Some(body) = op.get_mut("requestBody").and_then(Value::as_object_mut) {
                 let optional = body
@@ -180,10 +190,10 @@ fn complete(doc: &mut Value) {
                 "401",
                 "no token, or one that is not valid: `Authorization: Bearer TOKEN`",
             );
-            if has_body || !params.is_empty() {
+            if has_body || !params.is_empty() || !IGNORE_QUERY.contains(&id.as_str()) {
                 add(
                     "400",
-                    "a bad request: a parameter, the path or the body is not valid",
+                    "a bad request: a parameter (or one it does not take), the path or the body is not valid",
                 );
             }
             if params.iter().any(|p| p == "path") {
