@@ -629,7 +629,16 @@ fn hand_written() -> Vec<(&'static str, Value)> {
         ("NewSilence", new_silence),
         ("Silence", silence),
         ("SilenceList", list_of("silences", "Silence")),
-        ("DeliveryList", list_of("deliveries", "Delivery")),
+        (
+            "DeliveryList",
+            json!({
+                "type": "object", "required": ["deliveries", "next_cursor"],
+                "properties": {
+                    "deliveries": { "type": "array", "items": { "$ref": "#/components/schemas/Delivery" } },
+                    "next_cursor": { "type": ["string", "null"], "description": "pass as `cursor` for the next page; null on the last" },
+                },
+            }),
+        ),
         ("SmtpSettings", smtp_settings),
         ("Smtp", smtp),
     ]

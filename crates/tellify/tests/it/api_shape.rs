@@ -98,6 +98,7 @@ async fn a_cursor_that_the_server_did_not_give_is_refused_on_every_list() {
         "/api/v1/alerts?cursor=",
         "/api/v1/history?cursor=garbage",
         "/api/v1/deliveries?cursor=garbage",
+        "/api/v1/deliveries?cursor=sub_01a23442",
         "/api/v1/audit?cursor=garbage",
         "/api/v1/rules?cursor=garbage",
         "/api/v1/channels?cursor=garbage",
@@ -119,7 +120,23 @@ async fn a_cursor_that_the_server_did_not_give_is_refused_on_every_list() {
             "{path}: {body}"
         );
     }
-    // A cursor the server gave pages on.
+    // A cursor the server gave pages on: three alerts, each with a delivery.
+    let (status, channel) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/nowhere",
+            &json!({"kind": "webhook", "url": format!("http://127.0.0.1:{}/", crate::harness::free_port())}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{channel}");
+    let (status, sub) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "nowhere"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sub}");
     for i in 0..3 {
         server
             .rule(
@@ -144,6 +161,36 @@ async fn a_cursor_that_the_server_did_not_give_is_refused_on_every_list() {
     assert_eq!(next["alerts"].as_array().map(Vec::len), Some(1), "{next}");
     assert_ne!(next["alerts"][0]["id"], page["alerts"][0]["id"]);
     assert_ne!(next["alerts"][0]["id"], page["alerts"][1]["id"]);
+    assert_eq!(next["next_cursor"], Value::Null, "{next}");
+
+    let (status, page) = server.get(ADMIN, "/api/v1/deliveries?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        page["deliveries"].as_array().map(Vec::len),
+        Some(2),
+        "{page}"
+    );
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (status, next) = server
+        .get(
+            ADMIN,
+            &format!("/api/v1/deliveries?limit=2&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let ids: Vec<&Value> = page["deliveries"]
+        .as_array()
+        .into_iter()
+        .chain(next["deliveries"].as_array())
+        .flatten()
+        .map(|d| &d["id"])
+        .collect();
+    assert_eq!(ids.len(), 3, "every delivery once: {page} {next}");
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    assert_eq!(next["next_cursor"], Value::Null, "{next}");
 }
 
 #[tokio::test]
