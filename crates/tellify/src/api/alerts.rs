@@ -31,12 +31,14 @@ fn limit(requested: Option<i64>) -> ApiResult<i64> {
 
 /// `GET /api/v1/alerts?status=&rule=&severity=&label.K=V&limit=&cursor=`
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts",
-    params(("status" = Option<String>, Query, description = "pending | firing | resolved"),
+    params(("status" = Option<String>, Query, description = "pending | firing | resolved", pattern = "^(pending|firing|resolved)$"),
            ("rule" = Option<String>, Query, description = "rule name"),
-           ("severity" = Option<String>, Query, description = "critical | error | warning | info"),
-           ("limit" = Option<i64>, Query, description = "page size, 1 to 1000 (default 100)"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, description = "newest first", body = [Alert])))]
+           ("severity" = Option<String>, Query, description = "critical | error | warning | info", pattern = "^(critical|error|warning|info)$"),
+           ("owner" = Option<String>, Query, description = "admins: this user's alerts (default: all)"),
+           ("limit" = Option<i64>, Query, description = "page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$")),
+    responses((status = 200, description = "newest first; also `?label.NAME=VALUE` filters", body = ref("#/components/schemas/AlertList")),
+              (status = 403, description = "`owner` names another user and the caller is not an admin")))]
 pub async fn list_alerts(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,13 +64,22 @@ pub async fn list_alerts(
                 )
             }
             "rule" => filter.rule = Some(v),
-            "owner" if caller.user.is_admin() => filter.owner = Some(v),
+            "owner" => filter.owner = Some(caller.acting_for(Some(&v))?),
             "limit" => {
                 filter.limit = limit(Some(v.parse().map_err(|_| {
                     ApiError::bad_request("bad_request", "`limit` must be a number")
                 })?))?
             }
-            "cursor" => filter.before = Some(v),
+            "cursor" => {
+                // A cursor is the id of the last alert of the previous page.
+                let id = uuid::Uuid::try_parse(&v).map_err(|_| {
+                    ApiError::bad_request(
+                        "bad_request",
+                        "`cursor` is not one this server gave: pass `next_cursor` of the previous page",
+                    )
+                })?;
+                filter.before = Some(id.hyphenated().to_string())
+            }
             other => match other.strip_prefix("label.") {
                 Some(label) if !label.is_empty() => filter.labels.push((label.to_owned(), v)),
                 _ => {
@@ -99,7 +110,7 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Alert
 /// One alert with its history.
 #[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "the alert and its history"), (status = 404, description = "no such alert")))]
+    responses((status = 200, description = "the alert, its history and its deliveries", body = ref("#/components/schemas/AlertDetail"))))]
 pub async fn get_alert(
     State(state): State<AppState>,
     caller: Caller,
@@ -130,7 +141,7 @@ pub async fn get_alert(
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "acknowledged", body = Alert), (status = 404, description = "no such alert"),
+    responses((status = 200, description = "acknowledged (again: no change)", body = Alert),
               (status = 409, description = "already resolved")))]
 pub async fn ack_alert(
     State(state): State<AppState>,
@@ -171,7 +182,7 @@ fn alert_key(alert: &Alert) -> AlertKey {
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/resolve", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "resolved by hand", body = Alert), (status = 404, description = "no such alert"),
+    responses((status = 200, description = "resolved by hand", body = Alert),
               (status = 409, description = "already resolved")))]
 pub async fn resolve_alert(
     State(state): State<AppState>,
@@ -200,6 +211,7 @@ pub async fn resolve_alert(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     pub rule: Option<String>,
     /// Epoch ms or RFC 3339.
@@ -208,9 +220,46 @@ pub struct HistoryQuery {
     pub limit: Option<i64>,
 }
 
+/// A point in time as a query parameter, for the OpenAPI document: epoch milliseconds or
+/// RFC 3339.
+pub struct Moment;
+
+impl utoipa::PartialSchema for Moment {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(EARLIEST))
+                    .maximum(Some(LATEST)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Moment {}
+
+/// 0001-01-01 and 9999-12-31T23:59:59.999Z, the range of RFC 3339, in epoch ms.
+const EARLIEST: i64 = -62_135_596_800_000;
+const LATEST: i64 = 253_402_300_799_999;
+
 fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
     let Some(v) = v else { return Ok(None) };
     if let Ok(ms) = v.parse::<i64>() {
+        if !(EARLIEST..=LATEST).contains(&ms) {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!("`{name}` is out of range: years 1 to 9999"),
+            ));
+        }
         return Ok(Some(ms));
     }
     chrono::DateTime::parse_from_rfc3339(&v)
@@ -226,9 +275,10 @@ fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
 /// Transitions (in/out times and messages), newest first.
 #[utoipa::path(get, path = "/api/v1/history", tag = "alerts",
     params(("rule" = Option<String>, Query, description = "rule name"),
-           ("from" = Option<String>, Query, description = "epoch ms or RFC 3339"),
-           ("to" = Option<String>, Query, description = "epoch ms or RFC 3339")),
-    responses((status = 200, description = "history entries")))]
+           ("from" = inline(Option<Moment>), Query, description = "epoch ms or RFC 3339"),
+           ("to" = inline(Option<Moment>), Query, description = "epoch ms or RFC 3339"),
+           ("limit" = Option<i64>, Query, description = "at most this many, 1 to 1000 (default 100)", minimum = 1, maximum = 1000)),
+    responses((status = 200, description = "transitions (in/out times and messages), newest first", body = ref("#/components/schemas/HistoryList"))))]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -249,7 +299,7 @@ pub async fn history(
 
 /// Server-Sent Events: every alert change the caller may see, as `event: alert`.
 #[utoipa::path(get, path = "/api/v1/stream", tag = "alerts",
-    responses((status = 200, description = "text/event-stream of alert changes")))]
+    responses((status = 200, description = "Server-Sent Events: `event: alert` with the alert as JSON for every change the caller may see; `event: lagged` when the reader fell behind and should reload", content_type = "text/event-stream", body = String)))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -296,14 +346,15 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     pub group_by: Option<String>,
 }
 
 /// Alert counts, e.g. per source and pipeline run: `?group_by=source,run`.
 #[utoipa::path(get, path = "/api/v1/stats/alerts", tag = "alerts",
-    params(("group_by" = Option<String>, Query, description = "comma-separated: source, run, rule, severity, status")),
-    responses((status = 200, description = "counts per group")))]
+    params(("group_by" = Option<String>, Query, description = "comma-separated: source, run, rule, severity, status", pattern = r"^\s*((source|run|rule|severity|status)\s*(,\s*(source|run|rule|severity|status)\s*)*)?$")),
+    responses((status = 200, description = "counts per group", body = ref("#/components/schemas/AlertStats"))))]
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,

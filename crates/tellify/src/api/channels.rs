@@ -7,12 +7,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tellify_core::subscription::Trigger;
 
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::notify::{Notification, channel};
 use crate::store::{Alert, ChannelRow};
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OwnerQuery {
     pub owner: Option<String>,
 }
@@ -32,10 +33,12 @@ fn view(c: &ChannelRow) -> Value {
 }
 
 /// The caller's channels and the shared ones (admins: all).
-#[utoipa::path(get, path = "/api/v1/channels", tag = "notifications", responses((status = 200, description = "channels, secrets shown as ***")))]
+#[utoipa::path(get, path = "/api/v1/channels", tag = "notifications",
+    responses((status = 200, description = "the caller's channels and the shared ones (admins: all), secrets shown as `***`", body = ref("#/components/schemas/ChannelList"))))]
 pub async fn list_channels(
     State(state): State<AppState>,
     caller: Caller,
+    _: Query<NoParams>,
 ) -> ApiResult<Json<Value>> {
     let rows = state
         .outbox
@@ -66,8 +69,8 @@ async fn find(
 }
 
 #[utoipa::path(get, path = "/api/v1/channels/{name}", tag = "notifications",
-    params(("name" = String, Path, description = "channel name")),
-    responses((status = 200, description = "the channel, secrets shown as ***"), (status = 404, description = "no such channel")))]
+    params(("name" = String, Path, description = "channel name", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    responses((status = 200, description = "the channel, secrets shown as `***`", body = ref("#/components/schemas/Channel"))))]
 pub async fn get_channel(
     State(state): State<AppState>,
     caller: Caller,
@@ -81,9 +84,13 @@ pub async fn get_channel(
 
 /// Creates or replaces a channel. Secrets left out or sent as `***` keep their stored value.
 #[utoipa::path(put, path = "/api/v1/channels/{name}", tag = "notifications",
-    params(("name" = String, Path, description = "channel name")),
-    request_body(content = Object, description = "{kind, shared?, ...settings of the kind}"),
-    responses((status = 200, description = "saved"), (status = 201, description = "created"), (status = 400, description = "invalid settings")))]
+    params(("name" = String, Path, description = "channel name: 1 to 100 letters, digits and `._-`", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    request_body(content = ref("#/components/schemas/ChannelSettings"), content_type = "application/json"),
+    responses((status = 200, description = "replaced", body = ref("#/components/schemas/Channel")),
+              (status = 201, description = "created", body = ref("#/components/schemas/Channel")),
+              (status = 400, description = "invalid name or settings (`invalid_channel`)"),
+              (status = 403, description = "a shared channel, or another user's, and the caller is not an admin"),
+              (status = 415, description = "the body is not `application/json`")))]
 pub async fn put_channel(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,8 +194,8 @@ pub async fn put_channel(
 }
 
 #[utoipa::path(delete, path = "/api/v1/channels/{name}", tag = "notifications",
-    params(("name" = String, Path, description = "channel name")),
-    responses((status = 204, description = "deleted"), (status = 404, description = "no such channel")))]
+    params(("name" = String, Path, description = "channel name", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    responses((status = 204, description = "deleted")))]
 pub async fn delete_channel(
     State(state): State<AppState>,
     caller: Caller,
@@ -213,8 +220,10 @@ pub async fn delete_channel(
 
 /// Sends a test notification now and says how it went.
 #[utoipa::path(post, path = "/api/v1/channels/{name}/test", tag = "notifications",
-    params(("name" = String, Path, description = "channel name")),
-    responses((status = 200, description = "sent"), (status = 502, description = "the receiver refused or could not be reached")))]
+    params(("name" = String, Path, description = "channel name", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    responses((status = 200, description = "sent", body = ref("#/components/schemas/ChannelTest")),
+              (status = 400, description = "this kind of channel cannot send in this version"),
+              (status = 502, description = "the receiver refused or could not be reached (`delivery_failed`, with `retryable`)")))]
 pub async fn test_channel(
     State(state): State<AppState>,
     caller: Caller,

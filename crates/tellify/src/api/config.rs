@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::extract::Json;
+use super::extract::{Json, NoParams, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::crypto::SecretBox;
 use crate::notify::channel::Secrets;
@@ -47,8 +47,14 @@ fn view(smtp: Option<&SmtpSettings>) -> Value {
     )
 }
 
-#[utoipa::path(get, path = "/api/v1/config/smtp", tag = "notifications", responses((status = 200, description = "SMTP settings, password shown as ***")))]
-pub async fn get_smtp(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/config/smtp", tag = "notifications",
+    responses((status = 200, description = "the SMTP settings, password shown as `***`", body = ref("#/components/schemas/Smtp")),
+              (status = 403, description = "not an admin")))]
+pub async fn get_smtp(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let smtp = state
         .smtp
@@ -59,8 +65,12 @@ pub async fn get_smtp(State(state): State<AppState>, caller: Caller) -> ApiResul
 }
 
 #[utoipa::path(put, path = "/api/v1/config/smtp", tag = "notifications",
-    request_body(content = Object, description = "{host, port, from_addr, from_name?, encryption: tls|starttls|none, auth: password|none, username?, password?, ca_file?, test_addr?}"),
-    responses((status = 200, description = "saved"), (status = 400, description = "invalid"), (status = 422, description = "the test email failed: nothing saved")))]
+    request_body(content = ref("#/components/schemas/SmtpSettings"), content_type = "application/json"),
+    responses((status = 200, description = "saved", body = ref("#/components/schemas/Smtp")),
+              (status = 400, description = "invalid (`invalid_smtp`)"),
+              (status = 403, description = "not an admin"),
+              (status = 415, description = "the body is not `application/json`"),
+              (status = 422, description = "the test email failed (`smtp_failed`): nothing saved")))]
 pub async fn put_smtp(
     State(state): State<AppState>,
     caller: Caller,

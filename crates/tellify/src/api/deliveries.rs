@@ -15,12 +15,16 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub alert: Option<String>,
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/deliveries", tag = "notifications",
-    params(("status" = Option<String>, Query, description = "pending | held | sending | sent | dead | silenced"),
-           ("alert" = Option<String>, Query, description = "alert id")),
-    responses((status = 200, description = "newest first", body = [Delivery])))]
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "notifications", operation_id = "list_deliveries",
+    params(("status" = Option<String>, Query, description = "pending | held | sending | sent | dead | silenced", pattern = "^(pending|held|sending|sent|dead|silenced)$"),
+           ("alert" = Option<String>, Query, description = "alert id"),
+           ("limit" = Option<i64>, Query, description = "page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$")),
+    responses((status = 200, description = "newest first", body = ref("#/components/schemas/DeliveryList"))))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -42,14 +46,33 @@ pub async fn list(
             "`limit` must be 1 to 1000",
         ));
     }
+    // A cursor is the id of the last delivery of the previous page.
+    let before = q
+        .cursor
+        .map(|c| {
+            uuid::Uuid::try_parse(&c)
+                .map(|id| id.hyphenated().to_string())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "bad_request",
+                        "`cursor` is not one this server gave: pass `next_cursor` of the previous page",
+                    )
+                })
+        })
+        .transpose()?;
     let filter = DeliveryFilter {
         owner: caller.scope(),
         status: q.status,
         alert_id: q.alert,
         limit,
+        before,
     };
+    let deliveries = state.outbox.list_deliveries(&filter).await?;
+    let next_cursor = (deliveries.len() as i64 == limit)
+        .then(|| deliveries.last().map(|d| d.id.clone()))
+        .flatten();
     Ok(Json(
-        json!({ "deliveries": state.outbox.list_deliveries(&filter).await? }),
+        json!({ "deliveries": deliveries, "next_cursor": next_cursor }),
     ))
 }
 
@@ -60,8 +83,9 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Delivery
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "delivery id")), responses((status = 200, description = "the delivery", body = Delivery)))]
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "notifications", operation_id = "get_delivery",
+    params(("id" = String, Path, description = "delivery id")),
+    responses((status = 200, description = "the delivery", body = Delivery)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,9 +95,10 @@ pub async fn get(
 }
 
 /// Sends a dead delivery again, from its first attempt.
-#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "notifications",
+#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "notifications", operation_id = "retry_delivery",
     params(("id" = String, Path, description = "delivery id")),
-    responses((status = 200, description = "queued again"), (status = 409, description = "not dead")))]
+    responses((status = 200, description = "queued again", body = Delivery),
+              (status = 409, description = "only a dead delivery can be retried")))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,8 +1,9 @@
 //! Drop-in replacements for axum's `Json`, `Query` and `Path` whose rejections answer in the
 //! one error shape (`{"error":{"code","message"}}`) instead of axum's plain text.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -29,11 +30,39 @@ where
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let code = match rejection {
-        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-        _ => "bad_request",
-    };
-    ApiError::new(rejection.status(), code, rejection.body_text())
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(r) => bytes_rejection(r),
+        // A body that is JSON but not of the expected shape is a bad request like any other
+        // (axum would say 422).
+        other => ApiError::bad_request("bad_request", other.body_text()),
+    }
+}
+
+fn bytes_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large()
+    } else {
+        ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+    }
+}
+
+/// The raw body, for handlers that parse it themselves.
+pub struct Bytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Bytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(Bytes)
+            .map_err(bytes_rejection)
+    }
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -77,3 +106,9 @@ where
             .map_err(|r: PathRejection| ApiError::new(r.status(), "bad_request", r.body_text()))
     }
 }
+
+/// The query string of an endpoint that takes no parameters: any parameter is refused, so a
+/// misspelt filter or a `?cursor=` on a list that has no pages is not silently ignored.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}

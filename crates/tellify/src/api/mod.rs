@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tellify_core::expr::Limits;
 use tokio::sync::broadcast;
@@ -87,8 +89,9 @@ impl Caller {
     }
 
     /// The owner a request acts for: the caller, or for admins the `owner` they name.
+    /// An empty `owner` (`?owner=`) is no owner.
     pub fn acting_for(&self, owner: Option<&str>) -> ApiResult<String> {
-        match owner {
+        match owner.filter(|o| !o.is_empty()) {
             None => Ok(self.user.name.clone()),
             Some(o) if o == self.user.name => Ok(o.to_owned()),
             Some(o) if self.user.is_admin() => Ok(o.to_owned()),
@@ -229,7 +232,64 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
+        .layer(axum::middleware::map_response(error_shape))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers that axum makes itself — `405` (with its `Allow` header), `413` from the body limit,
+/// and any other rejection in plain text or with no body — are put in the one error shape.
+/// Handlers' own errors are JSON already and pass through untouched.
+async fn error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            ApiError::new(
+                status,
+                "method_not_allowed",
+                format!("this endpoint does not answer this method; it answers {allow}"),
+            )
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(status, "unsupported_media_type", text),
+        StatusCode::NOT_FOUND => ApiError::new(status, "not_found", "no such endpoint"),
+        s if s.is_server_error() => ApiError::internal(anyhow::anyhow!(
+            "a {s} answered without the error shape: {text}"
+        )),
+        s => ApiError::new(
+            s,
+            "bad_request",
+            if text.is_empty() {
+                s.canonical_reason().unwrap_or("bad request").to_owned()
+            } else {
+                text
+            },
+        ),
+    };
+    let shaped = error.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let (new_parts, body) = shaped.into_parts();
+    parts.headers.extend(new_parts.headers);
+    Response::from_parts(parts, body)
 }

@@ -13,7 +13,7 @@ use tellify_core::eval::dry_run;
 use tellify_core::event::{self, Event};
 use tellify_core::rule::{self, RuleDoc, RuleSpec};
 
-use super::extract::{Json, Path, Query};
+use super::extract::{Bytes, Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::engine::resolve_doc;
 use crate::store::{Alert, StoredRule};
@@ -22,6 +22,7 @@ use crate::store::{Alert, StoredRule};
 const READ_ONLY: [&str; 5] = ["owner", "origin", "status", "error", "updated_at"];
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OwnerQuery {
     /// Admins: act on this user's rule.
     pub owner: Option<String>,
@@ -50,7 +51,9 @@ fn view(rule: &StoredRule) -> Value {
 }
 
 #[utoipa::path(get, path = "/api/v1/rules", tag = "rules",
-    responses((status = 200, description = "the caller's rules (admins: all, or `?owner=`)")))]
+    params(("owner" = Option<String>, Query, description = "admins: this user's rules (default: all)")),
+    responses((status = 200, description = "the caller's rules (admins: all, or `?owner=`)", body = ref("#/components/schemas/RuleList")),
+              (status = 403, description = "`owner` names another user and the caller is not an admin")))]
 pub async fn list_rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,8 +90,8 @@ async fn find(
 }
 
 #[utoipa::path(get, path = "/api/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path, description = "rule name, URL-encoded")),
-    responses((status = 200, description = "the rule"), (status = 404, description = "no such rule")))]
+    params(("name" = String, Path, description = "rule name, URL-encoded", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    responses((status = 200, description = "the rule", body = ref("#/components/schemas/Rule"))))]
 pub async fn get_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -100,16 +103,18 @@ pub async fn get_rule(
 }
 
 #[utoipa::path(put, path = "/api/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path, description = "rule name, URL-encoded")),
-    request_body(content = Object, description = "a rule, a template (`template: true`) or an instance (`from`, `params`)"),
-    responses((status = 200, description = "saved"), (status = 201, description = "created"),
-              (status = 400, description = "invalid rule, with field/line/column, or invalid params with failures")))]
+    params(("name" = String, Path, description = "rule name, URL-encoded"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    request_body(content = ref("#/components/schemas/RuleDocument"), content_type = "application/json"),
+    responses((status = 200, description = "replaced", body = ref("#/components/schemas/Rule")),
+              (status = 201, description = "created", body = ref("#/components/schemas/Rule")),
+              (status = 400, description = "invalid rule (`invalid_rule`, with `field`, `line`, `column`) or params (`invalid_params`, with `failures`)"),
+              (status = 403, description = "`owner` names another user and the caller is not an admin")))]
 pub async fn put_rule(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<OwnerQuery>,
-    body: axum::body::Bytes,
+    Bytes(body): Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let owner = caller.acting_for(query.owner.as_deref())?;
     let mut doc: Value = serde_json::from_slice(&body)
@@ -163,8 +168,8 @@ pub async fn put_rule(
 }
 
 #[utoipa::path(delete, path = "/api/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path, description = "rule name, URL-encoded")),
-    responses((status = 204, description = "deleted; its open alerts are resolved"), (status = 404, description = "no such rule")))]
+    params(("name" = String, Path, description = "rule name, URL-encoded", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
+    responses((status = 204, description = "deleted; its open alerts are resolved")))]
 pub async fn delete_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,6 +194,7 @@ pub async fn delete_rule(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TestQuery {
     pub owner: Option<String>,
     /// The source the events come from (default `default`).
@@ -199,10 +205,14 @@ pub struct TestQuery {
 
 /// Dry run of a saved rule: body = events (JSON, NDJSON or text); nothing is stored.
 #[utoipa::path(post, path = "/api/v1/rules/{name}/test", tag = "rules",
-    params(("name" = String, Path, description = "rule name"),
-           ("source" = Option<String>, Query, description = "source of the events"),
-           ("advance" = Option<String>, Query, description = "time to let pass after the events, e.g. 5m")),
-    responses((status = 200, description = "the alert changes the events would cause")))]
+    params(("name" = String, Path, description = "rule name, URL-encoded", pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)"),
+           ("source" = Option<String>, Query, description = "source of the events (default `default`)"),
+           ("advance" = Option<String>, Query, description = "time to let pass after the events, e.g. `5m`")),
+    request_body(description = "events, as for `POST /api/v1/events`",
+        content((ref("#/components/schemas/Events") = "application/json"), (String = "application/x-ndjson"), (String = "text/plain"))),
+    responses((status = 200, description = "what the events would do; nothing is stored or sent", body = ref("#/components/schemas/DryRun")),
+              (status = 400, description = "a bad event, a bad `advance`, or the rule is a template"),
+              (status = 415, description = "unsupported content type")))]
 pub async fn test_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -254,8 +264,10 @@ pub struct TestBody {
 
 /// Dry run of a rule that is not saved (the editor's "try it" panel).
 #[utoipa::path(post, path = "/api/v1/rules/test", tag = "rules",
-    request_body(content = Object, description = "{rule, events, source?, advance?}"),
-    responses((status = 200, description = "the alert changes the events would cause")))]
+    request_body(content = ref("#/components/schemas/DryRunRequest"), content_type = "application/json"),
+    responses((status = 200, description = "what the events would do; nothing is stored or sent", body = ref("#/components/schemas/DryRun")),
+              (status = 400, description = "an invalid rule, a bad event or a bad `advance`"),
+              (status = 415, description = "the body is not `application/json`")))]
 pub async fn test_unsaved(
     State(state): State<AppState>,
     caller: Caller,
@@ -459,10 +471,11 @@ fn would_notify(
 }
 
 #[utoipa::path(get, path = "/api/v1/templates", tag = "rules",
-    responses((status = 200, description = "rule templates the caller may instantiate, with their params schemas")))]
+    responses((status = 200, description = "rule templates the caller may instantiate, with their params schemas", body = ref("#/components/schemas/TemplateList"))))]
 pub async fn list_templates(
     State(state): State<AppState>,
     caller: Caller,
+    _: Query<NoParams>,
 ) -> ApiResult<Json<Value>> {
     let rules = state.store.list_rules(None).await?;
     let users = state.store.list_users().await?;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tellify_core::silence::{Matchers, Silence};
 
-use super::extract::{Json, Path};
+use super::extract::{Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::store::SilenceRow;
 
@@ -47,8 +47,13 @@ fn view(row: &SilenceRow, now: i64) -> Value {
     v
 }
 
-#[utoipa::path(get, path = "/api/v1/silences", tag = "notifications", responses((status = 200, description = "the caller's silences (admins: all)")))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/silences", tag = "notifications", operation_id = "list_silences",
+    responses((status = 200, description = "the caller's silences (admins: all)", body = ref("#/components/schemas/SilenceList"))))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     let now = state.clock.now();
     let rows = state
         .outbox
@@ -59,9 +64,11 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/silences", tag = "notifications",
-    request_body(content = Object, description = "{matchers: {rule?, key?, labels?}, starts_at?, ends_at, comment?}"),
-    responses((status = 201, description = "created, with its id"), (status = 400, description = "invalid")))]
+#[utoipa::path(post, path = "/api/v1/silences", tag = "notifications", operation_id = "create_silence",
+    request_body(content = ref("#/components/schemas/NewSilence"), content_type = "application/json"),
+    responses((status = 201, description = "created, with its id", body = ref("#/components/schemas/Silence")),
+              (status = 400, description = "invalid (`invalid_silence`): e.g. `ends_at` not after `starts_at`"),
+              (status = 415, description = "the body is not `application/json`")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -100,8 +107,9 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<SilenceR
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/silences/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "silence id")), responses((status = 200, description = "the silence"), (status = 404, description = "no such silence")))]
+#[utoipa::path(get, path = "/api/v1/silences/{id}", tag = "notifications", operation_id = "get_silence",
+    params(("id" = String, Path, description = "silence id")),
+    responses((status = 200, description = "the silence", body = ref("#/components/schemas/Silence"))))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -113,8 +121,9 @@ pub async fn get(
     )))
 }
 
-#[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "silence id")), responses((status = 204, description = "expired now"), (status = 404, description = "no such silence")))]
+#[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "notifications", operation_id = "expire_silence",
+    params(("id" = String, Path, description = "silence id")),
+    responses((status = 204, description = "expired now")))]
 pub async fn expire(
     State(state): State<AppState>,
     caller: Caller,

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tellify_core::subscription::SubscriptionSpec;
 
-use super::extract::{Json, Path};
+use super::extract::{Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::dispatch::Dispatcher;
 use crate::store::SubscriptionRow;
@@ -51,8 +51,13 @@ async fn checked(state: &AppState, owner: &str, mut body: Value) -> ApiResult<Va
     serde_json::to_value(&spec).map_err(|e| ApiError::internal(e.into()))
 }
 
-#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "notifications", responses((status = 200, description = "the caller's subscriptions (admins: all)")))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "notifications", operation_id = "list_subscriptions",
+    responses((status = 200, description = "the caller's subscriptions (admins: all)", body = ref("#/components/schemas/SubscriptionList"))))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     let rows = state
         .outbox
         .list_subscriptions(caller.scope().as_deref())
@@ -62,9 +67,11 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/subscriptions", tag = "notifications",
-    request_body(content = Object, description = "{channel, rules?, min_severity?, labels?, when?, schedule?, digest?, notify_on?, format?}"),
-    responses((status = 201, description = "created, with its id"), (status = 400, description = "invalid")))]
+#[utoipa::path(post, path = "/api/v1/subscriptions", tag = "notifications", operation_id = "create_subscription",
+    request_body(content = ref("#/components/schemas/NewSubscription"), content_type = "application/json"),
+    responses((status = 201, description = "created, with its id", body = ref("#/components/schemas/Subscription")),
+              (status = 400, description = "invalid (`invalid_subscription`)"),
+              (status = 415, description = "the body is not `application/json`")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,8 +104,9 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Subscrip
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/subscriptions/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "subscription id")), responses((status = 200, description = "the subscription"), (status = 404, description = "no such subscription")))]
+#[utoipa::path(get, path = "/api/v1/subscriptions/{id}", tag = "notifications", operation_id = "get_subscription",
+    params(("id" = String, Path, description = "subscription id")),
+    responses((status = 200, description = "the subscription", body = ref("#/components/schemas/Subscription"))))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -107,8 +115,12 @@ pub async fn get(
     Ok(Json(view(&find(&state, &caller, &id).await?)))
 }
 
-#[utoipa::path(put, path = "/api/v1/subscriptions/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "subscription id")), responses((status = 200, description = "replaced"), (status = 404, description = "no such subscription")))]
+#[utoipa::path(put, path = "/api/v1/subscriptions/{id}", tag = "notifications", operation_id = "update_subscription",
+    params(("id" = String, Path, description = "subscription id")),
+    request_body(content = ref("#/components/schemas/NewSubscription"), content_type = "application/json"),
+    responses((status = 200, description = "replaced", body = ref("#/components/schemas/Subscription")),
+              (status = 400, description = "invalid (`invalid_subscription`)"),
+              (status = 415, description = "the body is not `application/json`")))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -133,8 +145,9 @@ pub async fn update(
     Ok(Json(view(&row)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/subscriptions/{id}", tag = "notifications",
-    params(("id" = String, Path, description = "subscription id")), responses((status = 204, description = "deleted"), (status = 404, description = "no such subscription")))]
+#[utoipa::path(delete, path = "/api/v1/subscriptions/{id}", tag = "notifications", operation_id = "delete_subscription",
+    params(("id" = String, Path, description = "subscription id")),
+    responses((status = 204, description = "deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

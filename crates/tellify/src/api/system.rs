@@ -6,14 +6,18 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::extract::{Json, Path};
+use super::extract::{Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::metrics::SeverityLabel;
 
 /// The latest event of every source the caller may read.
 #[utoipa::path(get, path = "/api/v1/topics", tag = "events",
-    responses((status = 200, description = "source name → {event, time}")))]
-pub async fn list_topics(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    responses((status = 200, description = "source name → its latest event and time", body = ref("#/components/schemas/Topics"))))]
+pub async fn list_topics(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     let mut out = Map::new();
     for s in state.store.sources().await? {
         if state.ingest.may_read(&caller.user, &s.name) {
@@ -28,7 +32,7 @@ pub async fn list_topics(State(state): State<AppState>, caller: Caller) -> ApiRe
 
 #[utoipa::path(get, path = "/api/v1/topics/{source}", tag = "events",
     params(("source" = String, Path, description = "source name")),
-    responses((status = 200, description = "{source, event, time}"), (status = 404, description = "no such source")))]
+    responses((status = 200, description = "the source's latest event", body = ref("#/components/schemas/Topic"))))]
 pub async fn get_topic(
     State(state): State<AppState>,
     caller: Caller,
@@ -43,8 +47,13 @@ pub async fn get_topic(
 }
 
 /// Sources the caller may read, with owner, visibility and counts.
-#[utoipa::path(get, path = "/api/v1/sources", tag = "events", responses((status = 200, description = "sources")))]
-pub async fn list_sources(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/sources", tag = "events",
+    responses((status = 200, description = "the sources the caller may read", body = ref("#/components/schemas/SourceList"))))]
+pub async fn list_sources(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     let sources: Vec<Value> = state
         .store
         .sources()
@@ -114,8 +123,14 @@ pub async fn metrics(State(state): State<AppState>, _scraper: super::Scraper) ->
     )
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "users", responses((status = 200, description = "who changed what (admin)")))]
-pub async fn audit(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/audit", tag = "users",
+    responses((status = 200, description = "who changed what, newest first (the last 1,000)", body = ref("#/components/schemas/AuditList")),
+              (status = 403, description = "not an admin")))]
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     Ok(Json(
         json!({ "audit": state.store.list_audit(1_000).await? }),

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Json, Path};
+use super::extract::{Bytes, Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::auth::{TokenScope, hash_token, new_token};
 use crate::store::User;
@@ -13,14 +13,43 @@ use crate::store::User;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// 1 to 64 letters, digits and `._-@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
+    #[schema(pattern = "@")]
     pub email: Option<String>,
     /// `admin` or `user` (default).
+    #[schema(schema_with = role_schema)]
     pub role: Option<String>,
     /// IANA time zone (default `UTC`).
+    #[schema(schema_with = timezone_schema)]
     pub timezone: Option<String>,
-    /// Web password (write-only).
+    /// Web password (write-only), at least 8 characters.
+    #[schema(min_length = 8)]
     pub password: Option<String>,
+}
+
+fn one_of_or_null(values: Vec<String>) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let mut values: Vec<serde_json::Value> = values.into_iter().map(Value::String).collect();
+    values.push(Value::Null);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(values))
+        .build()
+}
+
+fn role_schema() -> utoipa::openapi::schema::Object {
+    one_of_or_null(vec!["admin".into(), "user".into()])
+}
+
+fn timezone_schema() -> utoipa::openapi::schema::Object {
+    one_of_or_null(
+        chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|tz| tz.name().to_owned())
+            .collect(),
+    )
 }
 
 /// Hashes a web password with argon2id.
@@ -70,21 +99,34 @@ pub fn build_user(new: NewUser) -> Result<User, String> {
 }
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "users",
-    responses((status = 200, description = "every user (admin)", body = [User])))]
-pub async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    responses((status = 200, description = "every user", body = ref("#/components/schemas/UserList")),
+              (status = 403, description = "not an admin")))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     Ok(Json(json!({ "users": state.store.list_users().await? })))
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser,
-    responses((status = 201, description = "created", body = User), (status = 409, description = "the name is taken")))]
+    responses((status = 201, description = "created", body = User),
+              (status = 400, description = "an invalid user (`invalid_user`)"),
+              (status = 403, description = "not an admin"),
+              (status = 409, description = "the name is taken"),
+              (status = 415, description = "the body is not `application/json`")))]
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
     Json(new): Json<NewUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require_admin()?;
-    let user = build_user(new).map_err(|m| ApiError::bad_request("invalid_user", m))?;
+    // Hashing a password takes a while: off the async workers.
+    let user = tokio::task::spawn_blocking(move || build_user(new))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(|m| ApiError::bad_request("invalid_user", m))?;
     let now = state.clock.now();
     if !state.store.create_user(&user, now).await? {
         return Err(ApiError::new(
@@ -106,7 +148,7 @@ pub async fn create_user(
 
 #[utoipa::path(get, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path, description = "user name")),
-    responses((status = 200, description = "the user", body = User), (status = 404, description = "no such user")))]
+    responses((status = 200, description = "the user", body = User)))]
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -141,19 +183,52 @@ pub struct NewToken {
 }
 
 /// Creates a token; the answer is the only time the token is shown.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "users", request_body = NewToken,
-    responses((status = 201, description = "`{id, token}`")))]
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "users",
+    request_body(content = Option<NewToken>, description = "optional: no body makes a token for the caller", content_type = "application/json"),
+    responses((status = 201, description = "the token, shown this once", body = ref("#/components/schemas/NewTokenAnswer")),
+              (status = 403, description = "`user` names another user and the caller is not an admin"),
+              (status = 404, description = "no such user"),
+              (status = 415, description = "a body that is not `application/json`")))]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    body: axum::body::Bytes,
+    headers: axum::http::HeaderMap,
+    Bytes(body): Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    // The body is optional: none creates a token for the caller.
+    // The body is optional: none (or `null`) creates a token for the caller.
     let body: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
         NewToken::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("bad_request", format!("invalid body: {e}")))?
+        let json = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            // As axum's `Json` takes them.
+            .is_some_and(|m| {
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, sent with `Content-Type: application/json`",
+            ));
+        }
+        let bad = |e: serde_json::Error| {
+            ApiError::bad_request("bad_request", format!("invalid body: {e}"))
+        };
+        match serde_json::from_slice::<Value>(&body).map_err(bad)? {
+            Value::Null => NewToken::default(),
+            // Not an array, which serde would take for a struct.
+            v @ Value::Object(_) => serde_json::from_value(v).map_err(bad)?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "the body must be a JSON object: {name?, user?}",
+                ));
+            }
+        }
     };
     let user = caller.acting_for(body.user.as_deref())?;
     let name = body.name.unwrap_or_default();
@@ -191,8 +266,13 @@ pub async fn create_token(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "users", responses((status = 200, description = "tokens (never their values)")))]
-pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "users",
+    responses((status = 200, description = "the caller's tokens (admins: all), never their values", body = ref("#/components/schemas/TokenList"))))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    _: Query<NoParams>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({ "tokens": state.store.list_tokens(caller.scope().as_deref()).await? }),
     ))
@@ -200,7 +280,7 @@ pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiRe
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "users",
     params(("id" = String, Path, description = "token id")),
-    responses((status = 204, description = "revoked"), (status = 404, description = "no such token")))]
+    responses((status = 204, description = "revoked")))]
 pub async fn delete_token(
     State(state): State<AppState>,
     caller: Caller,

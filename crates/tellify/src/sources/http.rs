@@ -16,6 +16,7 @@ use crate::metrics::ReasonLabel;
 use crate::store::NewEvent;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub source: Option<String>,
     pub format: Option<String>,
@@ -23,12 +24,16 @@ pub struct EventsQuery {
 
 /// Accepts events; answers `202 {"accepted": N}` once they are durably stored.
 #[utoipa::path(post, path = "/api/v1/events", tag = "events",
-    params(("source" = Option<String>, Query, description = "source name (default `default`)"),
-           ("format" = Option<String>, Query, description = "json | ndjson | text (default: by Content-Type)")),
-    request_body(content = String, description = "application/json (object or array), application/x-ndjson, or text/plain key:value lines"),
-    responses((status = 202, description = "stored"), (status = 400, description = "bad event"),
-              (status = 413, description = "body too large"), (status = 415, description = "unsupported content type"),
-              (status = 429, description = "rate limited")))]
+    params(("source" = Option<String>, Query, description = "source name (default `default`): 1 to 200 of letters, digits and `._-/:`", pattern = r"^[A-Za-z0-9._/:-]{1,200}$"),
+           ("format" = Option<String>, Query, description = "json | ndjson | text; default: by Content-Type", pattern = "^(json|ndjson|text)$")),
+    request_body(description = "All or nothing: `application/json` (an event or an array of events), `application/x-ndjson` (one event per line) or `text/plain` (one event per line as `key:value` words)",
+        content((ref("#/components/schemas/Events") = "application/json"), (String = "application/x-ndjson"), (String = "text/plain"))),
+    responses((status = 202, description = "stored: evaluated exactly once from now on", body = ref("#/components/schemas/Accepted")),
+              (status = 400, description = "a bad event (`index` says which) or a bad source name: nothing is stored"),
+              (status = 403, description = "the source belongs to another user"),
+              (status = 415, description = "unsupported content type"),
+              (status = 429, description = "more requests per second with this token than the rate limit"),
+              (status = 503, description = "the events could not be stored: nothing is stored")))]
 pub async fn post_events(
     State(state): State<AppState>,
     caller: Caller,

@@ -478,6 +478,8 @@ pub struct DeliveryFilter {
     pub status: Option<String>,
     pub alert_id: Option<String>,
     pub limit: i64,
+    /// The page after this delivery (newest first).
+    pub before: Option<String>,
 }
 
 /// Notifications: channels, subscriptions, silences and the delivery outbox.

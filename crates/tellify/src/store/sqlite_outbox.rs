@@ -313,6 +313,11 @@ impl Outbox for SqliteStore {
         if let Some(alert) = &f.alert_id {
             qb.push(" AND alert_id = ").push_bind(alert);
         }
+        if let Some(before) = &f.before {
+            qb.push(" AND (created_at, id) < (SELECT created_at, id FROM deliveries WHERE id = ")
+                .push_bind(before)
+                .push(")");
+        }
         qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(f.limit);
         Ok(qb

@@ -6,6 +6,7 @@ mod harness;
 mod brokers;
 mod receiver;
 
+mod api_shape;
 mod channels;
 mod cli;
 mod core_flows;
@@ -20,6 +21,7 @@ mod isolation;
 mod kafka;
 mod notify;
 mod notify_regressions;
+mod openapi;
 mod regressions;
 mod secrets;
 mod smtp;
