@@ -234,7 +234,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .layer(axum::middleware::map_response(error_shape))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Answers that are failures are logged where they are made (internal errors with their
+        // cause, storage trouble once per spell); logging each 5xx again here flooded the log
+        // while a full disk refused thousands of events a second.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(state)
 }
 
