@@ -12,6 +12,7 @@ mod core_flows;
 mod crash;
 mod email;
 mod failures;
+mod fairness;
 mod hostile;
 mod ingest;
 mod isolation;
