@@ -2732,9 +2732,17 @@ mod isolation_bench {
                 "event.tags.includes('b') && event.host.startsWith('web')",
             ),
         ];
+        // TELLIFY_ISOLATION_CASE=NAME runs one case only (for instruction counts).
+        let only = std::env::var("TELLIFY_ISOLATION_CASE").ok();
         for (name, src) in cases {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let took = per_call(&mut sb, src, rounds);
             println!("{name:>16}: {} ns per call", took.as_nanos());
+        }
+        if only.is_some() {
+            return;
         }
         let s = sb
             .compile_script("function handle(event, ctx) { ctx.state.n = (ctx.state.n || 0) + 1; if (event.used_pct > 90) ctx.fire({key: event.host}) }")

@@ -6,6 +6,14 @@
 //! alert changes, rule state and its checkpoint (the last event seq evaluated) in one store
 //! transaction. At start it restores that state and replays the events after the checkpoint:
 //! an event accepted before a crash is evaluated exactly once.
+//!
+//! **Fairness.** Each rule owner has a share of engine time (`--js-owner-cpu-ms` per second).
+//! An owner who has used it up is deferred: the checkpoint moves on for everyone else, and the
+//! owner's own position (the last event all their rules evaluated, and which rules have run on
+//! the next one) is committed with each batch in `engine_owner_positions`. Between batches the
+//! engine gives each deferred owner with time left a turn of at most one burst at their backlog,
+//! read back from the log in order, until they reach the checkpoint. So after a crash neither
+//! other owners' events are evaluated again nor the deferred owner's skipped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
