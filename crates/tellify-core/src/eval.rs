@@ -8,7 +8,18 @@
 //! dirty ([`Evaluator::take_dirty`]) and takes back with [`Evaluator::restore_state`].
 //!
 //! JavaScript runs in one [`Sandbox`] per rule owner, so one user's runaway rule spends only
-//! that user's memory budget, and an event is converted into each owner's sandbox once.
+//! that user's memory budget, and an event is converted into each owner's sandbox once. Each
+//! rule compiles into its own [`crate::expr::Scope`], so rules of one owner do not see each
+//! other's stray variables (and the sandbox's intrinsics are frozen).
+//!
+//! Two things keep one user's rules from stalling everyone else's:
+//! - a rule in `error` rests: it is not run again before its back-off has passed (1 s doubling
+//!   to 5 min, in event time; see [`backoff_ms`]) or it is saved again;
+//! - with [`Evaluator::set_owner_budget`], each owner's rules are measured with a meter the
+//!   server injects, and an owner who has used up their share of engine time is deferred at an
+//!   event of the log ([`Evaluator::on_logged_event`]): their rules (and timers) skip the events
+//!   that follow until the engine catches them up in order with [`Evaluator::resume`]. Where
+//!   each deferred owner is ([`Deferred`]) is reported for storage like rule state.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
