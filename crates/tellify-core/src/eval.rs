@@ -8,7 +8,18 @@
 //! dirty ([`Evaluator::take_dirty`]) and takes back with [`Evaluator::restore_state`].
 //!
 //! JavaScript runs in one [`Sandbox`] per rule owner, so one user's runaway rule spends only
-//! that user's memory budget, and an event is converted into each owner's sandbox once.
+//! that user's memory budget, and an event is converted into each owner's sandbox once. Each
+//! rule compiles into its own [`crate::expr::Scope`], so rules of one owner do not see each
+//! other's stray variables (and the sandbox's intrinsics are frozen).
+//!
+//! Two things keep one user's rules from stalling everyone else's:
+//! - a rule in `error` rests: it is not run again before its back-off has passed (1 s doubling
+//!   to 5 min, in event time; see [`backoff_ms`]) or it is saved again;
+//! - with [`Evaluator::set_owner_budget`], each owner's rules are measured with a meter the
+//!   server injects, and an owner who has used up their share of engine time is deferred at an
+//!   event of the log ([`Evaluator::on_logged_event`]): their rules (and timers) skip the events
+//!   that follow until the engine catches them up in order with [`Evaluator::resume`]. Where
+//!   each deferred owner is ([`Deferred`]) is reported for storage like rule state.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -31,6 +42,16 @@ pub const MAX_HOPS: u8 = 5;
 pub const MAX_EMITS_PER_CALL: usize = 10;
 /// The default check interval of a threshold rule on `_topic` alone.
 const DEFAULT_EVERY_MS: i64 = 10_000;
+/// A rule in `error` is not run again for this long after its first failure, then twice as
+/// long after each failure in a row, up to [`MAX_BACKOFF_MS`]; saving it again resets that.
+pub const FIRST_BACKOFF_MS: i64 = 1_000;
+pub const MAX_BACKOFF_MS: i64 = 300_000;
+
+/// How long a rule that failed `failures` times in a row rests before it runs again.
+pub fn backoff_ms(failures: u32) -> i64 {
+    let doublings = failures.saturating_sub(1).min(20);
+    (FIRST_BACKOFF_MS << doublings).min(MAX_BACKOFF_MS)
+}
 
 /// Who may read which source: the owner, anyone when public, admins always.
 #[derive(Debug, Default, Clone)]
@@ -87,6 +108,39 @@ impl Access {
                 Some((owner, public)) => *public || owner == user,
             }
     }
+}
+
+/// Reads engine time for the per-owner budget: a monotonic count of nanoseconds. The server
+/// provides it; the core reads no clock.
+pub type Meter = Box<dyn Fn() -> u64>;
+
+/// Each rule owner's share of engine time (see [`Evaluator::set_owner_budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerBudget {
+    /// Engine time an owner's rules may use per second, on average.
+    pub per_second: std::time::Duration,
+    /// The most an owner may use at once, when it has saved up (the size of the bucket).
+    pub burst: std::time::Duration,
+}
+
+impl OwnerBudget {
+    /// `per_second` of engine time per second, spent in bursts of at most a tenth of it (but
+    /// not less than 5 ms), so another owner's event never waits much longer than that.
+    pub fn per_second(per_second: std::time::Duration) -> Self {
+        OwnerBudget {
+            per_second,
+            burst: (per_second / 10).max(std::time::Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Where a deferred owner's rules are in the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Deferred {
+    /// Every event up to this seq has been evaluated by all of the owner's rules.
+    pub position: i64,
+    /// The event after `position` that some of the owner's rules have evaluated, and which.
+    pub partial: Option<(i64, Vec<String>)>,
 }
 
 /// A rule failed at run time (its condition threw or ran out of budget).
@@ -184,9 +238,18 @@ struct Compiled {
     scope: Vec<crate::index::Equality>,
     open: u32,
     error: Option<String>,
+    /// Failed runs in a row; reset by a run that succeeds or by saving the rule.
+    failures: u32,
+    /// While in `error`: the rule is not run before this time (event or engine time, ms).
+    retry_at: Option<i64>,
 }
 
 impl Compiled {
+    /// Whether the rule is in `error` and resting from it at `now`.
+    fn resting(&self, now: i64) -> bool {
+        self.retry_at.is_some_and(|t| now < t)
+    }
+
     fn alert(&self, id: &str, key: &str) -> AlertKey {
         AlertKey {
             id: id.to_owned(),
@@ -195,6 +258,47 @@ impl Compiled {
             key: key.to_owned(),
         }
     }
+}
+
+/// An owner's bucket of engine time, in nanoseconds.
+struct Usage {
+    balance: i64,
+    /// The meter's reading at the last refill.
+    at: u64,
+}
+
+struct Budget {
+    per_second: u64,
+    burst: i64,
+    meter: Meter,
+    /// When the current catch-up turn began (see [`Evaluator::begin_turn`]).
+    turn: Option<u64>,
+}
+
+/// A deferred owner, with rule ids for the partly evaluated event.
+struct Deferral {
+    position: i64,
+    partial: Option<(i64, HashSet<RuleId>)>,
+}
+
+/// Whose rules a pass over an event or the clock runs.
+#[derive(Debug, Clone, Copy)]
+enum Pass<'a> {
+    /// Every owner but the deferred ones.
+    Current,
+    /// One deferred owner catching up.
+    Owner(&'a str),
+}
+
+/// What [`Evaluator::resume`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// The owner's rules have all evaluated it (now or before).
+    Done,
+    /// The owner's budget ran out part-way; the event stays next.
+    Paused,
+    /// The owner is not deferred.
+    NotDeferred,
 }
 
 struct OwnerBox {
@@ -238,6 +342,13 @@ pub struct Evaluator {
     removed_states: Vec<StateUpdate>,
     out: Outcome,
     candidates: Vec<RuleId>,
+    /// The latest event or engine time given, for rules' back-off.
+    now: i64,
+    budget: Option<Budget>,
+    usage: HashMap<String, Usage>,
+    deferred: HashMap<String, Deferral>,
+    /// Owners whose deferral changed since [`Evaluator::take_deferrals`].
+    deferral_changed: HashSet<String>,
 }
 
 impl Evaluator {
@@ -275,6 +386,11 @@ impl Evaluator {
             removed_states: Vec::new(),
             out: Outcome::default(),
             candidates: Vec::new(),
+            now: i64::MIN,
+            budget: None,
+            usage: HashMap::new(),
+            deferred: HashMap::new(),
+            deferral_changed: HashSet::new(),
         }
     }
 
@@ -312,14 +428,17 @@ impl Evaluator {
                 .map_err(|e| RuleError::new(Some("source"), format!("not a valid glob: {e}")))?;
         }
         let boxed = self.owner_box(owner)?;
+        // The rule's functions share the variables they assign without declaring them, and no
+        // other rule sees them.
+        let scope = boxed.sandbox.new_scope();
         let mut compiled_fns: Vec<FnId> = Vec::new();
         let mut compile =
             |field: &str, src: Option<&str>, script: bool| -> Result<Option<FnId>, RuleError> {
                 let Some(src) = src else { return Ok(None) };
                 let result = if script {
-                    boxed.sandbox.compile_script(src)
+                    boxed.sandbox.compile_script_in(scope, src)
                 } else {
-                    boxed.sandbox.compile_expr(src, &CONDITION_PARAMS)
+                    boxed.sandbox.compile_expr_in(scope, src, &CONDITION_PARAMS)
                 };
                 match result {
                     Ok(id) => {
@@ -379,6 +498,8 @@ impl Evaluator {
             },
             open: 0,
             error: None,
+            failures: 0,
+            retry_at: None,
         })
     }
 
@@ -510,6 +631,24 @@ impl Evaluator {
     /// The names of the active rules, as (owner, name).
     pub fn rule_names(&self) -> impl Iterator<Item = &(String, String)> {
         self.by_name.keys()
+    }
+
+    /// Takes back a rule's error from before a restart: the rule shows it until it next runs
+    /// well, and a failure on its next run rests it as a second failure in a row.
+    pub fn restore_error(&mut self, owner: &str, name: &str, message: &str) {
+        let Some(&id) = self.by_name.get(&(owner.to_owned(), name.to_owned())) else {
+            return;
+        };
+        if let Some(rule) = self.rules[id as usize].as_mut() {
+            rule.error = Some(message.to_owned());
+            rule.failures = 1;
+        }
+    }
+
+    /// When a rule in `error` runs again, if it is resting.
+    pub fn retry_at(&self, owner: &str, name: &str) -> Option<i64> {
+        let id = *self.by_name.get(&(owner.to_owned(), name.to_owned()))?;
+        self.rules[id as usize].as_ref()?.retry_at
     }
 
     /// The current error of a rule, if its last evaluation failed.
@@ -646,10 +785,20 @@ impl Evaluator {
     }
 
     /// The earliest time a timer is due, for the engine's sleep.
+    /// Deferred owners' timers wait for [`Evaluator::resume`], so they do not count.
     pub fn next_deadline(&self) -> Option<i64> {
-        let timer = self.timers.first().map(|(t, _, _)| *t);
-        let tick = self.ticks.first().map(|(t, _)| *t);
-        let repeat = self.repeats.first().map(|(t, _, _)| *t);
+        let live = |id: RuleId| self.in_pass(id, Pass::Current);
+        let timer = self
+            .timers
+            .iter()
+            .find(|(_, id, _)| live(*id))
+            .map(|(t, _, _)| *t);
+        let tick = self.ticks.iter().find(|(_, id)| live(*id)).map(|(t, _)| *t);
+        let repeat = self
+            .repeats
+            .iter()
+            .find(|(_, id, _)| live(*id))
+            .map(|(t, _, _)| *t);
         timer.into_iter().chain(tick).chain(repeat).min()
     }
 
@@ -700,21 +849,52 @@ impl Evaluator {
         self.index_dirty = false;
     }
 
-    /// Fires every timer due by `now`.
+    /// Fires every timer due by `now`, but those of deferred owners.
     pub fn advance(&mut self, now: i64) {
+        self.advance_pass(now, Pass::Current);
+    }
+
+    /// Whether rule `id` takes part in `pass`.
+    fn in_pass(&self, id: RuleId, pass: Pass) -> bool {
+        if matches!(pass, Pass::Current) && self.deferred.is_empty() {
+            return true;
+        }
+        let Some(rule) = self.rules.get(id as usize).and_then(Option::as_ref) else {
+            return true;
+        };
+        match pass {
+            Pass::Current => !self.deferred.contains_key(&rule.owner),
+            Pass::Owner(owner) => rule.owner == owner,
+        }
+    }
+
+    fn advance_pass(&mut self, now: i64, pass: Pass) {
+        self.now = now;
+        // Timers of owners outside the pass are held back, and put back afterwards.
+        let mut held = Vec::new();
         while let Some((due, id, key)) = self.timers.first().cloned() {
             if due > now {
                 break;
             }
             self.timers.pop_first();
+            if !self.in_pass(id, pass) {
+                held.push((due, id, key));
+                continue;
+            }
             self.deadlines.remove(&(id, key.clone()));
             self.on_timer(id, &key, due.max(0), now);
         }
+        self.timers.extend(held);
+        let mut held = Vec::new();
         while let Some((due, id, key)) = self.repeats.first().cloned() {
             if due > now {
                 break;
             }
             self.repeats.pop_first();
+            if !self.in_pass(id, pass) {
+                held.push((due, id, key));
+                continue;
+            }
             let Some(open) = self.open.get_mut(&(id, key.clone())) else {
                 continue;
             };
@@ -732,35 +912,280 @@ impl Evaluator {
                 self.schedule_repeat(id, &key, due, now);
             }
         }
+        self.repeats.extend(held);
+        let mut held = Vec::new();
         while let Some((due, id)) = self.ticks.first().copied() {
             if due > now {
                 break;
             }
             self.ticks.pop_first();
+            if !self.in_pass(id, pass) {
+                held.push((due, id));
+                continue;
+            }
+            let start = self.budget.as_ref().map(|b| (b.meter)());
             self.on_tick(id, now);
+            let end = self.budget.as_ref().map(|b| (b.meter)());
+            if let (Some(start), Some(end), Some(owner)) = (
+                start,
+                end,
+                self.rules[id as usize].as_ref().map(|r| r.owner.clone()),
+            ) {
+                self.charge(&owner, start, end);
+            }
         }
+        self.ticks.extend(held);
+    }
+
+    /// Gives each owner a share of engine time: the evaluator then measures (with `meter`) the
+    /// time each owner's rules take, and an owner who has used up their share is deferred: their
+    /// rules skip the events that follow (in [`Evaluator::on_logged_event`]) until the engine has
+    /// caught them up with [`Evaluator::resume`], in order, while other owners go on.
+    pub fn set_owner_budget(&mut self, budget: OwnerBudget, meter: Meter) {
+        let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.budget = Some(Budget {
+            per_second: nanos(budget.per_second),
+            burst: i64::try_from(nanos(budget.burst)).unwrap_or(i64::MAX),
+            meter,
+            turn: None,
+        });
+    }
+
+    /// Starts a deferred owner's turn at catching up: [`Evaluator::resume`] pauses once the
+    /// turn has lasted a burst, even if the owner has earned more meanwhile, so other owners'
+    /// events never wait much longer than that.
+    pub fn begin_turn(&mut self) {
+        if let Some(budget) = self.budget.as_mut() {
+            budget.turn = Some((budget.meter)());
+        }
+    }
+
+    /// Refills `owner`'s bucket up to `now` (a meter reading); whether it has time left.
+    fn refill(&mut self, owner: &str, now: u64) -> bool {
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        let usage = match self.usage.get_mut(owner) {
+            Some(u) => u,
+            None => self.usage.entry(owner.to_owned()).or_insert(Usage {
+                balance: budget.burst,
+                at: now,
+            }),
+        };
+        let elapsed = u128::from(now.saturating_sub(usage.at));
+        let earned = elapsed * u128::from(budget.per_second) / 1_000_000_000;
+        usage.at = now;
+        usage.balance = usage
+            .balance
+            .saturating_add(i64::try_from(earned).unwrap_or(i64::MAX))
+            .min(budget.burst);
+        usage.balance > 0
+    }
+
+    /// Charges `owner` the time from `start` to `end` (meter readings).
+    fn charge(&mut self, owner: &str, start: u64, end: u64) {
+        let spent = end.saturating_sub(start);
+        if let Some(usage) = self.usage.get_mut(owner) {
+            usage.balance = usage
+                .balance
+                .saturating_sub(i64::try_from(spent).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Whether `owner` has engine time left now (always, without a budget).
+    pub fn has_budget(&mut self, owner: &str) -> bool {
+        match &self.budget {
+            Some(budget) => {
+                let now = (budget.meter)();
+                self.refill(owner, now)
+            }
+            None => true,
+        }
+    }
+
+    /// The deferred owners and the last seq each has fully evaluated.
+    pub fn deferred_owners(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = self
+            .deferred
+            .iter()
+            .map(|(o, d)| (o.clone(), d.position))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
+    pub fn is_deferred(&self, owner: &str) -> bool {
+        self.deferred.contains_key(owner)
+    }
+
+    /// The owner has caught up with the log: their rules take part in every event again.
+    pub fn undefer(&mut self, owner: &str) {
+        if self.deferred.remove(owner).is_some() {
+            self.deferral_changed.insert(owner.to_owned());
+        }
+    }
+
+    /// The deferrals changed since the last call, for the store: `None` means no longer
+    /// deferred. Committed with the batch that caused them, like rule state.
+    pub fn take_deferrals(&mut self) -> Vec<(String, Option<Deferred>)> {
+        let mut out = Vec::new();
+        for owner in std::mem::take(&mut self.deferral_changed) {
+            let state = self.deferred.get(&owner).map(|d| Deferred {
+                position: d.position,
+                partial: d.partial.as_ref().map(|(seq, done)| {
+                    let mut names: Vec<String> = done
+                        .iter()
+                        .filter_map(|id| self.rules.get(*id as usize).and_then(Option::as_ref))
+                        .map(|r| r.spec.name.clone())
+                        .collect();
+                    names.sort();
+                    (*seq, names)
+                }),
+            });
+            out.push((owner, state));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Takes back a deferral saved before a restart. Call after the owner's rules are loaded.
+    pub fn restore_deferral(&mut self, owner: &str, deferred: &Deferred) {
+        let partial = deferred.partial.as_ref().map(|(seq, names)| {
+            let done: HashSet<RuleId> = names
+                .iter()
+                .filter_map(|n| self.by_name.get(&(owner.to_owned(), n.clone())).copied())
+                .collect();
+            (*seq, done)
+        });
+        self.deferred.insert(
+            owner.to_owned(),
+            Deferral {
+                position: deferred.position,
+                partial,
+            },
+        );
     }
 
     /// Applies every candidate rule to one event that arrived at `at`.
     pub fn on_event(&mut self, event: &Event, hops: u8, at: i64) {
-        self.advance(at);
-        self.set_topic(&event.source, &event.data);
+        self.run_event(None, event, hops, at, Pass::Current);
+    }
+
+    /// Applies the candidate rules of every owner that is not deferred to the event `seq` of
+    /// the log. With a budget (see [`Evaluator::set_owner_budget`]), an owner whose time has run
+    /// out is deferred from this event on: their remaining rules skip it, and the events after.
+    pub fn on_logged_event(&mut self, seq: i64, event: &Event, hops: u8, at: i64) {
+        self.run_event(Some(seq), event, hops, at, Pass::Current);
+    }
+
+    /// Catches a deferred owner up by one event, `seq` of the log, the first after the owner's
+    /// position: their rules that have not yet evaluated it do, and the owner's timers up to
+    /// `at` fire first. Stops part-way when the owner's time runs out.
+    pub fn resume(&mut self, owner: &str, seq: i64, event: &Event, hops: u8, at: i64) -> Resumed {
+        match self.deferred.get(owner) {
+            None => Resumed::NotDeferred,
+            Some(d) if seq <= d.position => Resumed::Done,
+            Some(_) => {
+                if self.run_event(Some(seq), event, hops, at, Pass::Owner(owner)) {
+                    Resumed::Done
+                } else {
+                    Resumed::Paused
+                }
+            }
+        }
+    }
+
+    /// Applies the candidate rules of `pass` to an event. Returns false when an owner catching
+    /// up ran out of time part-way.
+    fn run_event(
+        &mut self,
+        seq: Option<i64>,
+        event: &Event,
+        hops: u8,
+        at: i64,
+        pass: Pass,
+    ) -> bool {
+        self.advance_pass(at, pass);
+        // Topic data is the latest event of each source: an owner catching up does not move
+        // it back.
+        if matches!(pass, Pass::Current) {
+            self.set_topic(&event.source, &event.data);
+        }
         if self.index_dirty {
             self.rebuild_index();
         }
         let mut candidates = std::mem::take(&mut self.candidates);
         self.index
             .candidates(&event.source, &event.data, &mut candidates);
+        // Rules an owner catching up had already run on this event before pausing.
+        let mut done: HashSet<RuleId> = match (pass, seq) {
+            (Pass::Owner(owner), Some(seq)) => self
+                .deferred
+                .get_mut(owner)
+                .and_then(|d| d.partial.take())
+                .filter(|(s, _)| *s == seq)
+                .map(|(_, done)| done)
+                .unwrap_or_default(),
+            _ => HashSet::new(),
+        };
+        let budgeted = self.budget.is_some() && seq.is_some();
         let mut loaded: Vec<(String, u64, ValId)> = Vec::new();
+        // The owner and start of the rule running, to charge its time.
+        let mut running: Option<(String, u64)> = None;
+        let mut applied: Vec<(String, RuleId)> = Vec::new();
+        let mut paused = false;
         for &id in &candidates {
             let Some(rule) = self.rules[id as usize].as_ref() else {
                 continue;
             };
-            if !self.access.can_read(&rule.owner, &event.source) {
+            if !self.access.can_read(&rule.owner, &event.source)
+                || rule.resting(at)
+                || done.contains(&id)
+                || !self.in_pass(id, pass)
+            {
                 continue;
             }
             let owner = rule.owner.clone();
             let uses_topic = rule.uses_topic;
+            if budgeted {
+                let now = self.budget.as_ref().map_or(0, |b| (b.meter)());
+                if let Some((previous, start)) = running.take() {
+                    self.charge(&previous, start, now);
+                }
+                let turn_over = matches!(pass, Pass::Owner(_))
+                    && self.budget.as_ref().is_some_and(|b| {
+                        b.turn.is_some_and(|turn| {
+                            i64::try_from(now.saturating_sub(turn)).unwrap_or(i64::MAX) > b.burst
+                        })
+                    });
+                if !self.refill(&owner, now) || turn_over {
+                    match (pass, seq) {
+                        (Pass::Current, Some(seq)) => {
+                            let ran: HashSet<RuleId> = applied
+                                .iter()
+                                .filter(|(o, _)| *o == owner)
+                                .map(|(_, id)| *id)
+                                .collect();
+                            let partial = (!ran.is_empty()).then_some((seq, ran));
+                            self.deferred.insert(
+                                owner.clone(),
+                                Deferral {
+                                    position: seq - 1,
+                                    partial,
+                                },
+                            );
+                            self.deferral_changed.insert(owner);
+                            continue;
+                        }
+                        _ => {
+                            paused = true;
+                            break;
+                        }
+                    }
+                }
+                running = Some((owner.clone(), now));
+                applied.push((owner.clone(), id));
+            }
             let Some(val) = self.event_in_box(&owner, event, &mut loaded) else {
                 continue;
             };
@@ -769,12 +1194,29 @@ impl Evaluator {
             }
             self.apply(id, event, val, hops, at);
         }
+        if let Some((previous, start)) = running {
+            let end = self.budget.as_ref().map_or(start, |b| (b.meter)());
+            self.charge(&previous, start, end);
+        }
         for (owner, _, val) in loaded {
             if let Some(b) = self.boxes.get_mut(&owner) {
                 b.sandbox.release(val);
             }
         }
         self.candidates = candidates;
+        if let (Pass::Owner(owner), Some(seq)) = (pass, seq)
+            && let Some(d) = self.deferred.get_mut(owner)
+        {
+            if paused {
+                done.extend(applied.into_iter().map(|(_, id)| id));
+                d.partial = Some((seq, done));
+            } else {
+                d.position = seq;
+                d.partial = None;
+            }
+            self.deferral_changed.insert(owner.to_owned());
+        }
+        !paused
     }
 
     /// The event as a JavaScript value in `owner`'s sandbox, converted once per event.
@@ -895,11 +1337,15 @@ impl Evaluator {
         self.record(id, result).as_ref().and_then(as_number)
     }
 
-    /// Notes a JavaScript result against the rule's health.
+    /// Notes a JavaScript result against the rule's health. A failure puts the rule to rest
+    /// (see [`backoff_ms`]): it is not run again before then, unless it is saved again.
     fn record<T>(&mut self, id: RuleId, result: Result<T, ExprError>) -> Option<T> {
+        let now = self.now;
         let rule = self.rules[id as usize].as_mut()?;
         match result {
             Ok(v) => {
+                rule.failures = 0;
+                rule.retry_at = None;
                 if rule.error.take().is_some() {
                     self.out
                         .status
@@ -908,6 +1354,11 @@ impl Evaluator {
                 Some(v)
             }
             Err(e) => {
+                // Several failures in one run count once.
+                if rule.retry_at.is_none_or(|t| t <= now) {
+                    rule.failures = rule.failures.saturating_add(1);
+                    rule.retry_at = Some(now.saturating_add(backoff_ms(rule.failures)));
+                }
                 let message = e.to_string();
                 if rule.error.as_deref() != Some(&message) {
                     rule.error = Some(message.clone());
@@ -1273,8 +1724,10 @@ impl Evaluator {
         }
         let owner = rule.owner.clone();
         let every = rule.spec.every.map_or(DEFAULT_EVERY_MS, |d| d.millis());
-        self.sync_topics(&owner);
-        self.apply_threshold(id, None, now);
+        if !rule.resting(now) {
+            self.sync_topics(&owner);
+            self.apply_threshold(id, None, now);
+        }
         self.ticks.insert((now.saturating_add(every), id));
     }
 
@@ -1773,6 +2226,214 @@ mod tests {
         );
         ev.on_event(&event("m", json!({"kind": "disk", "pct": 50})), 0, 6 * MIN);
         assert_eq!(kinds(&ev.drain()), vec![("resolve", "disk".into())]);
+    }
+
+    /// Issue 7, item 3: a rule that pollutes prototypes and globals, and a rule of the same
+    /// owner whose result would change if it saw them.
+    #[test]
+    fn a_polluting_rule_does_not_change_another_rule_of_its_owner() {
+        let mut ev = with(
+            &[
+                json!({"name": "a-polluter", "source": "s",
+                    "when": "Object.prototype.admin = true; Array.prototype.includes = function () { return true }; \
+                             seen = 1; globalThis.flag = true; String.prototype.startsWith = function () { return true }; true"}),
+                json!({"name": "b-reader", "source": "s",
+                    "when": "({}).admin || ['x'].includes(event.role) || typeof seen !== 'undefined' || \
+                             globalThis.flag === true || event.role.startsWith('adm') || event.admin === true"}),
+                json!({"name": "c-script", "kind": "script", "source": "s",
+                    "script": "function handle(event, ctx) { seen = (typeof seen === 'number' ? seen : 0) + 10; \
+                               ctx.state.n = (ctx.state.n || 0) + 1; ctx.state.seen = seen; \
+                               if (({}).admin) ctx.fire({key: 'polluted'}) }"}),
+            ],
+            0,
+        );
+        for t in 0..3 {
+            ev.on_event(&event("s", json!({"role": "user"})), 0, t);
+        }
+        let out = ev.drain();
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+        // Only the polluter's own condition held; the reader never did; the script kept its
+        // own stray variable and state, and saw no polluted prototype.
+        assert_eq!(
+            kinds(&out),
+            vec![
+                ("open", "a-polluter".into()),
+                ("fold", "a-polluter".into()),
+                ("fold", "a-polluter".into())
+            ]
+        );
+        let states = ev.take_dirty();
+        let script = states
+            .iter()
+            .find(|s| s.rule == "c-script")
+            .and_then(|s| s.state.clone());
+        assert_eq!(script, Some(json!({"state": {"n": 3, "seen": 30}})));
+    }
+
+    /// Issue 7, item 2: a rule in `error` is not run again until its back-off has passed (in
+    /// event time) or it is saved again.
+    #[test]
+    fn a_failing_rule_rests_with_exponential_backoff() {
+        assert_eq!(
+            (1..=10).map(backoff_ms).collect::<Vec<_>>(),
+            vec![
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000
+            ]
+        );
+        let throws = json!({"name": "throws", "source": "s", "when": "event.a.b > 1"});
+        let mut ev = with(
+            &[
+                throws.clone(),
+                json!({"name": "fine", "source": "s", "when": "true"}),
+            ],
+            0,
+        );
+        // (time, whether `throws` runs at it)
+        let plan = [
+            (0, true),
+            (10, false),
+            (999, false),
+            (1_000, true),
+            (2_999, false),
+            (3_000, true),
+            (6_999, false),
+            (7_000, true),
+        ];
+        for (t, runs) in plan {
+            ev.on_event(&event("s", json!({"v": 1})), 0, t);
+            let out = ev.drain();
+            assert_eq!(out.evaluations, 1 + u64::from(runs), "at {t}");
+            assert_eq!(out.failures.len(), usize::from(runs), "at {t}");
+            // The error stays visible while it rests: it is reported once, when it changes.
+            assert_eq!(
+                out.status.len(),
+                usize::from(t == 0),
+                "at {t}: {:?}",
+                out.status
+            );
+            assert!(ev.rule_error("ann", "throws").is_some());
+        }
+        assert_eq!(ev.retry_at("ann", "throws"), Some(15_000));
+        // Timers and ticks do not run it either; saving it again does at once.
+        ev.upsert("ann", rule(throws), 7_500).expect("saved");
+        ev.on_event(&event("s", json!({"v": 1})), 0, 7_600);
+        assert_eq!(ev.drain().failures.len(), 1);
+        assert_eq!(ev.retry_at("ann", "throws"), Some(8_600));
+        // Once it has rested, an event it handles well makes it healthy again.
+        ev.on_event(&event("s", json!({"a": {"b": 2}})), 0, 8_600);
+        let out = ev.drain();
+        assert!(out.failures.is_empty());
+        assert_eq!(out.status, vec![("ann".into(), "throws".into(), None)]);
+        assert_eq!(ev.retry_at("ann", "throws"), None);
+        assert_eq!(
+            kinds(&out),
+            vec![("open", "throws".into()), ("fold", "fine".into())]
+        );
+    }
+
+    /// Issue 7, item 2: an owner whose share of engine time is used up is deferred; their
+    /// rules catch up later, in order, each event exactly once, while others go on.
+    #[test]
+    fn an_owner_over_budget_is_deferred_and_caught_up_exactly_once() {
+        let mut ev = Evaluator::new(Limits::default());
+        for i in 0..5 {
+            ev.upsert("hog", rule(json!({"name": format!("h{i}"), "source": "s", "when": "true", "group_by": ["i"]})), 0)
+                .expect("rule");
+        }
+        ev.upsert(
+            "ann",
+            rule(json!({"name": "a", "source": "s", "when": "true", "group_by": ["i"]})),
+            0,
+        )
+        .expect("rule");
+        // Every reading of the meter is 1 ms after the one before, so each rule costs 1 ms;
+        // `waited` adds idle time.
+        let waited = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let ticks = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let (w, t) = (waited.clone(), ticks.clone());
+        ev.set_owner_budget(
+            OwnerBudget {
+                per_second: std::time::Duration::from_millis(10),
+                burst: std::time::Duration::from_millis(3),
+            },
+            Box::new(move || {
+                t.set(t.get() + 1);
+                t.get() * 1_000_000 + w.get()
+            }),
+        );
+        let opened = |out: &Outcome| -> Vec<String> {
+            out.changes
+                .iter()
+                .filter(|c| matches!(c, Change::Open { .. }))
+                .map(|c| format!("{}:{}", c.alert().rule, c.alert().key))
+                .collect()
+        };
+        let e = |i: i64| event("s", json!({"i": i}));
+        ev.on_logged_event(1, &e(1), 0, 10);
+        // The hog had 3 ms: four rules ran (the fourth took it below zero), the fifth did not.
+        assert_eq!(opened(&ev.drain()), ["h0:1", "h1:1", "h2:1", "h3:1", "a:1"]);
+        assert!(ev.is_deferred("hog") && !ev.is_deferred("ann"));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ev.take_deferrals(),
+            vec![(
+                "hog".to_string(),
+                Some(Deferred {
+                    position: 0,
+                    partial: Some((1, names(&["h0", "h1", "h2", "h3"])))
+                })
+            )]
+        );
+        ev.on_logged_event(2, &e(2), 0, 20);
+        ev.on_logged_event(3, &e(3), 0, 30);
+        assert_eq!(opened(&ev.drain()), ["a:2", "a:3"]);
+        // Still out of time: nothing runs.
+        assert_eq!(ev.resume("hog", 1, &e(1), 0, 10), Resumed::Paused);
+        assert!(ev.drain().changes.is_empty());
+        let mut order = Vec::new();
+        for (seq, i) in [(1, 1), (2, 2), (3, 3)] {
+            loop {
+                waited.set(waited.get() + 1_000_000_000);
+                ev.begin_turn();
+                let r = ev.resume("hog", seq, &e(i), 0, 10 * i);
+                order.extend(opened(&ev.drain()));
+                if r == Resumed::Done {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            order,
+            [
+                "h4:1", "h0:2", "h1:2", "h2:2", "h3:2", "h4:2", "h0:3", "h1:3", "h2:3", "h3:3",
+                "h4:3"
+            ]
+        );
+        assert_eq!(
+            ev.resume("hog", 2, &e(2), 0, 20),
+            Resumed::Done,
+            "already evaluated"
+        );
+        assert_eq!(ev.deferred_owners(), vec![("hog".to_string(), 3)]);
+        ev.undefer("hog");
+        assert_eq!(ev.take_deferrals().last(), Some(&("hog".to_string(), None)));
+        assert_eq!(ev.resume("hog", 4, &e(4), 0, 40), Resumed::NotDeferred);
+        // A restart takes the deferral back, partial event included.
+        let mut again = Evaluator::new(Limits::default());
+        for i in 0..5 {
+            again.upsert("hog", rule(json!({"name": format!("h{i}"), "source": "s", "when": "true", "group_by": ["i"]})), 0)
+                .expect("rule");
+        }
+        again.drain();
+        again.restore_deferral(
+            "hog",
+            &Deferred {
+                position: 0,
+                partial: Some((1, names(&["h0", "h3"]))),
+            },
+        );
+        assert_eq!(again.resume("hog", 1, &e(1), 0, 10), Resumed::Done);
+        assert_eq!(opened(&again.drain()), ["h1:1", "h2:1", "h4:1"]);
     }
 
     #[test]

@@ -14,6 +14,15 @@
 //! the runtime, which keeps per-rule overhead tiny (a compiled function, not a heap). The
 //! sandbox is deliberately not `Send`: it lives on one engine thread.
 //!
+//! **Rules of one owner do not see each other.** Sharing a context must not let one rule change
+//! what another computes, so every sandbox is locked down when it is built: every intrinsic
+//! (`Object.prototype`, `Array.prototype.includes`, `JSON`, the generator and iterator
+//! prototypes, ...) is frozen, then the global object itself, so `Object.prototype.x = 1` and
+//! `globalThis.x = 1` are ignored (sloppy mode) or throw (strict). Variables a rule assigns
+//! without declaring them (`seen = 1`, a `for (i = 0; ...)` loop) go to an object of the rule's
+//! own [`Scope`], under which its functions run (`with`). A context per rule would isolate too,
+//! but costs about 50 times the memory per rule; see BENCHMARKS.md ("Rule isolation").
+//!
 //! **Budgets.** Before every call into JavaScript the sandbox arms a deadline
 //! (`now + cpu_budget`). QuickJS invokes the interrupt handler every few thousand bytecode
 //! operations (and from the regexp engine); the handler only compares `Instant::now()` with the
@@ -50,8 +59,9 @@
 //! Every shortcut is verified by the engine itself rather than by a hand-written tokenizer; see
 //! [`Sandbox::compile_expr`] for the exact checks.
 //!
-//! Loaded values and `_topic`-style global entries are deep-frozen, so one rule cannot change the
-//! event (or the topic state) that the next rule sees. Sloppy mode is used throughout because
+//! Loaded values and `_topic`-style global entries are deep-frozen, and `_topic` itself is a
+//! read-only proxy, so one rule cannot change the event (or the topic state) that the next rule
+//! sees. Sloppy mode is used throughout because
 //! users' existing conditions assign to undeclared variables.
 
 use std::cell::Cell;
@@ -121,6 +131,16 @@ pub enum ExprError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FnId(u32);
 
+/// Functions that share the variables they assign without declaring them (`seen = 1`, a loop's
+/// `i`): the engine makes one per rule, so a rule's condition and value share them, as they
+/// did when they were globals, and no other rule sees them.
+///
+/// Each scope is a null-prototype object that the functions compiled in it run under (`with`),
+/// holding every name their text could assign that is not a global; the global object itself is
+/// frozen. Such variables persist between calls until the sandbox is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scope(u32);
+
 /// A JavaScript value kept alive in a sandbox until [`Sandbox::release`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ValId {
@@ -181,6 +201,8 @@ struct Entry {
     /// checks of [`Sandbox::compile_expr`].
     code: String,
     path: Path,
+    /// The scope it was compiled in.
+    scope: u32,
     /// Set when recompiling after a rebuild failed; calls then return this error.
     broken: Option<ExprError>,
 }
@@ -229,7 +251,13 @@ struct Helpers {
     check: Persistent<Function<'static>>,
     run_script: Persistent<Function<'static>>,
     freeze: Persistent<Function<'static>>,
+    declare: Persistent<Function<'static>>,
 }
+
+/// The global objects Rust fills in through [`Sandbox::set_global_entry`]. The global object is
+/// frozen once the sandbox is built, so these exist from the start; rules can read them but not
+/// write to them.
+const GLOBAL_HOLDERS: [&str; 1] = ["_topic"];
 
 /// One QuickJS runtime and context with everything that points into it.
 ///
@@ -239,6 +267,12 @@ struct Live {
     fns: HashMap<u32, Persistent<Function<'static>>>,
     vals: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
+    /// Each scope's object: where the functions compiled in it keep the variables they assign
+    /// without declaring them (see [`Scope`]). Made when a function is first instantiated in it.
+    scopes: std::cell::RefCell<HashMap<u32, Persistent<Object<'static>>>>,
+    /// What Rust writes into for each of [`GLOBAL_HOLDERS`]; rules see it through a read-only
+    /// proxy.
+    holders: Vec<(&'static str, Persistent<Object<'static>>)>,
     helpers: Helpers,
     limits: Limits,
     /// Whether this runtime ever reported running out of memory, after which QuickJS may have
@@ -349,6 +383,106 @@ const FREEZE_JS: &str = r#"(function (freeze, isArray, keys) {
   };
 })(Object.freeze, Array.isArray, Object.keys)"#;
 
+/// Adds the names a function may assign without declaring to its scope object, as `undefined`,
+/// unless they name a global (which must stay visible) or are there already (set by another
+/// function of the same scope). `names` over-approximates: every identifier-like word of the
+/// function's text, so words inside strings only add unused properties. Without a scope object
+/// yet it makes one (no prototype) and returns it.
+const DECLARE_JS: &str = r#"(function (g, hasOwn, define, create) {
+  return function (scope, names) {
+    if (scope === undefined) { scope = create(null); }
+    for (var i = 0; i < names.length; i++) {
+      var n = names[i];
+      if (!(n in g) && !hasOwn.call(scope, n)) {
+        define(scope, n, { value: undefined, writable: true, enumerable: true, configurable: true });
+      }
+    }
+    return scope;
+  };
+})(globalThis, Object.prototype.hasOwnProperty, Object.defineProperty, Object.create)"#;
+
+/// Freezes every intrinsic reachable from the global object (and those only reachable through
+/// instances: generator, async and iterator prototypes), so no rule can change what another rule
+/// of the same owner gets from `Object.prototype`, `Array.prototype.includes` or `JSON`. Then it
+/// adds a read-only proxy for each name in `holders` and freezes the global object itself, so a
+/// stray `globalThis.x = 1` is ignored (stray assignments to undeclared names go to the rule's
+/// own scope object instead, see [`Scope`]). Returns the proxies' targets, for Rust to write to.
+///
+/// Freezing a prototype makes assigning a property of the same name to an ordinary object fail
+/// (`err.name = 'X'` on an `Error`, `o.toString = f`), so those few properties, which programs
+/// commonly set on their own objects, become accessors whose setter defines an own property.
+const LOCKDOWN_JS: &str = r#"(function (holders) {
+  var g = globalThis;
+  var names = Object.getOwnPropertyNames, symbols = Object.getOwnPropertySymbols;
+  var describe = Object.getOwnPropertyDescriptor, define = Object.defineProperty;
+  var freeze = Object.freeze, protoOf = Object.getPrototypeOf;
+  function overridable(obj, key) {
+    var d = describe(obj, key);
+    if (!d || !("value" in d)) { return; }
+    var value = d.value;
+    define(obj, key, {
+      get: function () { return value; },
+      set: function (v) {
+        if (this === obj) { throw new TypeError("'" + key + "' is read-only"); }
+        define(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+      },
+      enumerable: d.enumerable,
+      configurable: d.configurable
+    });
+  }
+  ["toString", "toLocaleString", "valueOf", "constructor"].forEach(function (k) {
+    overridable(Object.prototype, k);
+  });
+  ["Error", "EvalError", "RangeError", "ReferenceError", "SyntaxError", "TypeError", "URIError",
+   "AggregateError", "InternalError"].forEach(function (name) {
+    var ctor = g[name];
+    if (typeof ctor === "function") {
+      overridable(ctor.prototype, "name");
+      overridable(ctor.prototype, "message");
+    }
+  });
+  // The global object is frozen last, once the holders are on it.
+  var seen = new WeakSet([g]);
+  var todo = [];
+  function add(v) {
+    if (v !== null && (typeof v === "object" || typeof v === "function") && !seen.has(v)) {
+      seen.add(v);
+      todo.push(v);
+    }
+  }
+  function addProperties(o) {
+    var keys = names(o).concat(symbols(o));
+    for (var i = 0; i < keys.length; i++) {
+      var d = describe(o, keys[i]);
+      add(d.value); add(d.get); add(d.set);
+    }
+  }
+  addProperties(g);
+  add(protoOf(g));
+  [function* () {}, async function () {}, async function* () {}, (function* () {})(),
+   (async function* () {})(), [][Symbol.iterator](), ""[Symbol.iterator](),
+   new Map()[Symbol.iterator](), new Set()[Symbol.iterator](), /x/[Symbol.matchAll]("x"),
+   (function () { return arguments; })()].forEach(add);
+  while (todo.length > 0) {
+    var o = todo.pop();
+    freeze(o);
+    add(protoOf(o));
+    addProperties(o);
+  }
+  var refuse = function () { return false; };
+  var handler = { set: refuse, defineProperty: refuse, deleteProperty: refuse,
+                  setPrototypeOf: refuse, preventExtensions: refuse };
+  var targets = [];
+  for (var i = 0; i < holders.length; i++) {
+    var target = {};
+    targets.push(target);
+    define(g, holders[i], { value: new Proxy(target, handler), writable: false, enumerable: false,
+                            configurable: false });
+  }
+  freeze(g);
+  return targets;
+})"#;
+
 /// Evaluation options for our own wrappers: sloppy, because user conditions assign to
 /// undeclared variables, and a recognizable file name in stack traces.
 fn sloppy() -> EvalOptions {
@@ -366,18 +500,41 @@ impl Live {
         let handler_clock = Rc::clone(clock);
         rt.set_interrupt_handler(Some(Box::new(move || handler_clock.should_interrupt())));
         let ctx = Context::full(&rt).map_err(|_| ExprError::OutOfMemory(limits.memory_limit))?;
-        let helpers = ctx.with(|ctx| -> rquickjs::Result<Helpers> {
+        type Built = (Helpers, Vec<(&'static str, Persistent<Object<'static>>)>);
+        let helpers = ctx.with(|ctx| {
+            let built = build_helpers(&ctx);
+            if let Err(rquickjs::Error::Exception) = &built {
+                let exception = ctx.catch();
+                return Err(describe(&ctx, &exception));
+            }
+            built.map_err(|e| e.to_string())
+        });
+        fn build_helpers(ctx: &Ctx<'_>) -> rquickjs::Result<Built> {
             let load = |src: &str| -> rquickjs::Result<Persistent<Function<'static>>> {
                 let f: Function = ctx.eval_with_options(src, sloppy())?;
-                Ok(Persistent::save(&ctx, f))
+                Ok(Persistent::save(ctx, f))
             };
-            Ok(Helpers {
+            let helpers = Helpers {
                 check: load(CHECK_JS)?,
                 run_script: load(RUN_SCRIPT_JS)?,
                 freeze: load(FREEZE_JS)?,
-            })
-        });
-        let helpers = match helpers {
+                declare: load(DECLARE_JS)?,
+            };
+            // Last: it freezes everything the helpers above captured, and the global object.
+            let lockdown: Function = ctx.eval_with_options(LOCKDOWN_JS, sloppy())?;
+            let names = Array::new(ctx.clone())?;
+            for (i, name) in GLOBAL_HOLDERS.iter().enumerate() {
+                names.set(i, *name)?;
+            }
+            let targets: Array = lockdown.call((names,))?;
+            let mut holders = Vec::with_capacity(GLOBAL_HOLDERS.len());
+            for (i, name) in GLOBAL_HOLDERS.iter().enumerate() {
+                let target: Object = targets.get(i)?;
+                holders.push((*name, Persistent::save(ctx, target)));
+            }
+            Ok((helpers, holders))
+        }
+        let (helpers, holders) = match helpers {
             Ok(h) => h,
             Err(e) => {
                 // Only an allocation failure can make our own fixed helpers fail to compile.
@@ -391,6 +548,8 @@ impl Live {
             fns: HashMap::new(),
             vals: Vec::new(),
             free_slots: Vec::new(),
+            scopes: std::cell::RefCell::new(HashMap::new()),
+            holders,
             helpers,
             limits: *limits,
             saw_oom: Cell::new(false),
@@ -448,6 +607,8 @@ fn teardown(live: Live, clock: &Clock) {
         fns,
         vals,
         free_slots,
+        scopes,
+        holders,
         helpers,
         limits: _,
         saw_oom,
@@ -457,6 +618,8 @@ fn teardown(live: Live, clock: &Clock) {
     drop(fns);
     drop(vals);
     drop(free_slots);
+    drop(scopes);
+    drop(holders);
     drop(helpers);
     free_runtime(ctx, rt, clock, saw_oom.get());
 }
@@ -495,6 +658,7 @@ pub struct Sandbox {
     live: Option<Live>,
     entries: BTreeMap<u32, Entry>,
     next_fn: u32,
+    next_scope: u32,
     /// Latest JSON of every `set_global_entry`, per global object, in first-set order.
     globals: serde_json::Map<String, Json>,
     generation: u64,
@@ -518,6 +682,7 @@ impl Sandbox {
             live: Some(live),
             entries: BTreeMap::new(),
             next_fn: 0,
+            next_scope: 0,
             globals: serde_json::Map::new(),
             generation: 0,
         })
@@ -543,15 +708,36 @@ impl Sandbox {
     ///    would mean something else as a statement (`{`, `function`, `class`, ...) or that could
     ///    continue the previous line without a semicolon are never split off.
     /// 4. Otherwise the function calls a direct `eval` of the source on every call.
+    ///
+    /// The function gets a scope of its own; see [`Sandbox::compile_expr_in`] to share one.
     pub fn compile_expr(&mut self, src: &str, params: &[&str]) -> Result<FnId, ExprError> {
+        let scope = self.new_scope();
+        self.compile_expr_in(scope, src, params)
+    }
+
+    /// A new [`Scope`], for functions that should share their undeclared variables.
+    pub fn new_scope(&mut self) -> Scope {
+        let scope = Scope(self.next_scope);
+        self.next_scope = self.next_scope.wrapping_add(1);
+        scope
+    }
+
+    /// [`Sandbox::compile_expr`] in a given scope.
+    pub fn compile_expr_in(
+        &mut self,
+        scope: Scope,
+        src: &str,
+        params: &[&str],
+    ) -> Result<FnId, ExprError> {
         for p in params {
             if !is_plain_identifier(p) || *p == "eval" || *p == "arguments" {
                 return Err(ExprError::Invalid(format!("invalid parameter name {p:?}")));
             }
         }
         let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
-        let (f, path, code) = self.execute(|ctx, live, _| build_expr(ctx, live, src, &params))?;
-        Ok(self.register(Kind::Expr, code, path, f))
+        let (f, path, code) =
+            self.execute(|ctx, live, _| build_expr(ctx, live, scope.0, src, &params))?;
+        Ok(self.register(Kind::Expr, code, path, scope, f))
     }
 
     /// Compiles a script that must define `function handle(event, ctx)`.
@@ -561,14 +747,28 @@ impl Sandbox {
     /// variables therefore persist between calls until the sandbox is rebuilt; durable state
     /// belongs in `ctx.state`.
     pub fn compile_script(&mut self, src: &str) -> Result<FnId, ExprError> {
-        let (f, code) = self.execute(|ctx, live, clock| build_script(ctx, live, clock, src))?;
-        Ok(self.register(Kind::Script, code, Path::Script, f))
+        let scope = self.new_scope();
+        self.compile_script_in(scope, src)
     }
 
+    /// [`Sandbox::compile_script`] in a given scope.
+    pub fn compile_script_in(&mut self, scope: Scope, src: &str) -> Result<FnId, ExprError> {
+        let (f, code) =
+            self.execute(|ctx, live, clock| build_script(ctx, live, clock, scope.0, src))?;
+        Ok(self.register(Kind::Script, code, Path::Script, scope, f))
+    }
+
+    /// Forgets a function; its scope goes with the last function compiled in it.
     pub fn forget(&mut self, id: FnId) {
-        self.entries.remove(&id.0);
+        let Some(entry) = self.entries.remove(&id.0) else {
+            return;
+        };
+        let scope_used = self.entries.values().any(|e| e.scope == entry.scope);
         if let Some(live) = self.live.as_mut() {
             live.fns.remove(&id.0);
+            if !scope_used {
+                live.scopes.borrow_mut().remove(&entry.scope);
+            }
         }
     }
 
@@ -621,7 +821,7 @@ impl Sandbox {
         key: &str,
         value: &Json,
     ) -> Result<(), ExprError> {
-        self.execute(|ctx, live, _| apply_global_entry(ctx, &live.helpers, object, key, value))?;
+        self.execute(|ctx, live, _| apply_global_entry(ctx, live, object, key, value))?;
         // Remembered only once applied, so a value that cannot be loaded is not replayed into
         // every future rebuild.
         let holder = self
@@ -725,6 +925,7 @@ impl Sandbox {
         kind: Kind,
         code: String,
         path: Path,
+        scope: Scope,
         f: Persistent<Function<'static>>,
     ) -> FnId {
         let id = self.next_fn;
@@ -738,6 +939,7 @@ impl Sandbox {
                 kind,
                 code,
                 path,
+                scope: scope.0,
                 broken: None,
             },
         );
@@ -826,7 +1028,7 @@ impl Sandbox {
                 for (object, map) in globals {
                     let Json::Object(map) = map else { continue };
                     for (key, value) in map {
-                        let applied = apply_global_entry(&ctx, &live.helpers, object, key, value);
+                        let applied = apply_global_entry(&ctx, &live, object, key, value);
                         if let Err(Fault::Js(_)) = applied {
                             // The value fitted before, so this is a resource problem in the
                             // fresh runtime; skip the entry rather than fail the rebuild.
@@ -841,8 +1043,11 @@ impl Sandbox {
                     }
                     clock.arm(limits.cpu_budget);
                     let built = match entry.kind {
-                        Kind::Expr => instantiate_expr(&ctx, &entry.code).map_err(Fault::from),
-                        Kind::Script => instantiate_script(&ctx, &live, clock, &entry.code),
+                        Kind::Expr => instantiate_expr(&ctx, &live, entry.scope, &entry.code)
+                            .map_err(Fault::from),
+                        Kind::Script => {
+                            instantiate_script(&ctx, &live, clock, entry.scope, &entry.code)
+                        }
                     };
                     let built = match built {
                         Ok(f) => Ok(f),
@@ -893,6 +1098,14 @@ impl Sandbox {
         self.entries.get(&id.0).map(|e| e.path == Path::Eval)
     }
 
+    /// Bytes the runtime's heap uses now (benchmarks).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> i64 {
+        self.live
+            .as_ref()
+            .map_or(0, |l| l.rt.memory_usage().memory_used_size)
+    }
+
     #[cfg(test)]
     fn path_of(&self, id: FnId) -> Option<Path> {
         self.entries.get(&id.0).map(|e| e.path)
@@ -931,23 +1144,20 @@ fn freeze<'js>(ctx: &Ctx<'js>, helpers: &Helpers, value: Value<'js>) -> Result<V
 
 fn apply_global_entry(
     ctx: &Ctx,
-    helpers: &Helpers,
+    live: &Live,
     object: &str,
     key: &str,
     value: &Json,
 ) -> Result<(), Fault> {
-    let globals = ctx.globals();
-    let holder: Value = globals.get(object)?;
-    let holder = match holder.into_object() {
-        Some(o) => o,
-        None => {
-            let o = Object::new(ctx.clone())?;
-            globals.set(object, o.clone())?;
-            o
-        }
+    let Some((_, holder)) = live.holders.iter().find(|(name, _)| *name == object) else {
+        return Err(ExprError::Invalid(format!(
+            "`{object}` is not a global the sandbox fills in (known: {GLOBAL_HOLDERS:?})"
+        ))
+        .into());
     };
+    let holder = holder.clone().restore(ctx)?;
     let value = json_to_js(ctx, value)?;
-    holder.set(key, freeze(ctx, helpers, value)?)?;
+    holder.set(key, freeze(ctx, &live.helpers, value)?)?;
     Ok(())
 }
 
@@ -1175,6 +1385,7 @@ fn is_single_expression(ctx: &Ctx, live: &Live, src: &str) -> Result<bool, Fault
 fn build_expr(
     ctx: &Ctx,
     live: &Live,
+    scope: u32,
     src: &str,
     params: &[String],
 ) -> Result<(Persistent<Function<'static>>, Path, String), Fault> {
@@ -1183,7 +1394,7 @@ fn build_expr(
     let stripped = strip_trailing(src);
     let first = skip_trivia(stripped);
     let finish = |code: String, path: Path| -> Result<_, Fault> {
-        Ok((instantiate_expr(ctx, &code)?, path, code))
+        Ok((instantiate_expr(ctx, live, scope, &code)?, path, code))
     };
     if first.is_empty() {
         // Only comments, whitespace and semicolons: eval's completion value is undefined.
@@ -1199,7 +1410,7 @@ fn build_expr(
         );
     }
     if parses(ctx, live, &format!("{CHECK_PREFIX}{stripped}"))?
-        && let Some((f, code)) = split_last_statement(ctx, live, stripped, &params)?
+        && let Some((f, code)) = split_last_statement(ctx, live, scope, stripped, &params)?
     {
         return Ok((f, Path::Split, code));
     }
@@ -1216,10 +1427,94 @@ fn build_expr(
     )
 }
 
-/// Evaluates a validated condition wrapper; this only creates the function.
-fn instantiate_expr(ctx: &Ctx, code: &str) -> rquickjs::Result<Persistent<Function<'static>>> {
-    let f: Function = ctx.eval_with_options(code, sloppy())?;
+/// Evaluates a validated condition wrapper in its scope; this only creates the function.
+fn instantiate_expr(
+    ctx: &Ctx,
+    live: &Live,
+    scope: u32,
+    code: &str,
+) -> rquickjs::Result<Persistent<Function<'static>>> {
+    let f: Function = in_scope(ctx, live, scope, code)?;
     Ok(Persistent::save(ctx, f))
+}
+
+/// Evaluates `code` (a parenthesized function expression, or a call giving one) inside
+/// `with (scope)`, after declaring in the scope object the names `code` could assign.
+fn in_scope<'js, T: FromJs<'js>>(
+    ctx: &Ctx<'js>,
+    live: &Live,
+    scope: u32,
+    code: &str,
+) -> rquickjs::Result<T> {
+    let existing = live.scopes.borrow().get(&scope).cloned();
+    let is_new = existing.is_none();
+    let object: Value = match existing {
+        Some(o) => o.restore(ctx)?.into_value(),
+        None => Value::new_undefined(ctx.clone()),
+    };
+    let names = Array::new(ctx.clone())?;
+    for (i, word) in assignable_words(code).into_iter().enumerate() {
+        names.set(i, word)?;
+    }
+    let declare = live.helpers.declare.clone().restore(ctx)?;
+    let object: Object = declare.call((object, names))?;
+    if is_new {
+        live.scopes
+            .borrow_mut()
+            .insert(scope, Persistent::save(ctx, object.clone()));
+    }
+    let outer: Function = ctx.eval_with_options(
+        format!("(function (__tellifyScope) {{ with (__tellifyScope) {{ return {code}; }} }})"),
+        sloppy(),
+    )?;
+    outer.call((object,))
+}
+
+/// Every identifier-like word of `code` but keywords that can never be assigned: a superset of
+/// the undeclared names it could assign (words in strings and comments included, harmlessly).
+fn assignable_words(code: &str) -> Vec<&str> {
+    const KEYWORDS: [&str; 30] = [
+        "break",
+        "case",
+        "catch",
+        "const",
+        "continue",
+        "default",
+        "delete",
+        "do",
+        "else",
+        "false",
+        "finally",
+        "for",
+        "function",
+        "if",
+        "in",
+        "instanceof",
+        "let",
+        "new",
+        "null",
+        "of",
+        "return",
+        "switch",
+        "this",
+        "throw",
+        "true",
+        "try",
+        "typeof",
+        "var",
+        "void",
+        "while",
+    ];
+    let mut seen = std::collections::HashSet::new();
+    code.split(|c: char| !is_ident_char(c))
+        .filter(|w| {
+            w.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
+                && !KEYWORDS.contains(w)
+                && seen.insert(*w)
+        })
+        .collect()
 }
 
 /// Step 3 of [`Sandbox::compile_expr`]: finds the last statement boundary of `src` (already
@@ -1228,6 +1523,7 @@ fn instantiate_expr(ctx: &Ctx, code: &str) -> rquickjs::Result<Persistent<Functi
 fn split_last_statement(
     ctx: &Ctx,
     live: &Live,
+    scope: u32,
     src: &str,
     params: &str,
 ) -> Result<Option<(Persistent<Function<'static>>, String)>, Fault> {
@@ -1263,7 +1559,7 @@ fn split_last_statement(
             continue;
         }
         let code = format!("(function ({params}) {{\n{head};\nreturn ({tail}\n);\n}})");
-        match instantiate_expr(ctx, &code) {
+        match instantiate_expr(ctx, live, scope, &code) {
             Ok(f) => return Ok(Some((f, code))),
             Err(rquickjs::Error::Exception) => {
                 let _ = ctx.catch();
@@ -1278,6 +1574,7 @@ fn build_script(
     ctx: &Ctx,
     live: &Live,
     clock: &Clock,
+    scope: u32,
     src: &str,
 ) -> Result<(Persistent<Function<'static>>, String), Fault> {
     check_program(ctx, live, src)?;
@@ -1285,7 +1582,7 @@ fn build_script(
     let code = format!(
         "(function () {{\n{src}\n;return typeof handle === \"function\" ? handle : undefined;\n}})"
     );
-    Ok((instantiate_script(ctx, live, clock, &code)?, code))
+    Ok((instantiate_script(ctx, live, clock, scope, &code)?, code))
 }
 
 /// Evaluates a validated script wrapper and runs the script's top-level code to get `handle`.
@@ -1293,9 +1590,10 @@ fn instantiate_script(
     ctx: &Ctx,
     live: &Live,
     clock: &Clock,
+    scope: u32,
     code: &str,
 ) -> Result<Persistent<Function<'static>>, Fault> {
-    let factory: Function = ctx.eval_with_options(code, sloppy())?;
+    let factory: Function = in_scope(ctx, live, scope, code)?;
     // The budget covers running the top-level code, not our parsing above.
     clock.arm(live.limits.cpu_budget);
     let handle: Value = factory.call(())?;
@@ -1694,13 +1992,17 @@ mod tests {
         assert_eq!(sb.call_json(good, &[Arg::Val(ev)]).expect("runs"), json!(2));
         assert_eq!(sb.generation(), 0);
 
+        // A name the rule never declared reads as undefined (it could be one the rule assigns
+        // without declaring, which lives in the rule's scope object; see `Scope`).
         let f = sb.compile_expr("nope()", PARAMS).expect("compiles");
         assert_eq!(
             sb.call_bool(f, &[]),
-            Err(ExprError::Thrown(
-                "ReferenceError: nope is not defined".into()
-            ))
+            Err(ExprError::Thrown("TypeError: not a function".into()))
         );
+        let f = sb
+            .compile_expr("[typeof nope, nope === undefined]", PARAMS)
+            .expect("compiles");
+        assert_eq!(sb.call_json(f, &[]), Ok(json!(["undefined", true])));
         let f = sb
             .compile_expr("(function(){ throw 'boom' })()", PARAMS)
             .expect("compiles");
@@ -2149,6 +2451,158 @@ mod tests {
         assert_eq!(Sandbox::leaked_runtimes(), 0);
     }
 
+    /// What one rule does to the shared runtime, the next rule must not see (issue 7, item 3).
+    #[test]
+    fn functions_of_other_scopes_see_no_pollution() {
+        let mut sb = sandbox();
+        sb.set_global_entry("_topic", "t", &json!({"v": 1}))
+            .expect("set");
+        let (a, b) = (sb.new_scope(), sb.new_scope());
+        let reader_src = "[typeof ({}).polluted, [1].includes(2), typeof seen, typeof globalThis.foo, \
+             typeof globalThis.seen, typeof JSON.parse, Math.max(1, 2), typeof _topic.x, _topic.t.v, \
+             typeof event.polluted, typeof (async function () {}).polluted, \
+             typeof [][Symbol.iterator]().polluted, typeof (function* () {})().polluted, \
+             String.prototype.trim.call(' a ')]";
+        let expected = json!([
+            "undefined",
+            false,
+            "undefined",
+            "undefined",
+            "undefined",
+            "function",
+            2,
+            "undefined",
+            1,
+            "undefined",
+            "undefined",
+            "undefined",
+            "undefined",
+            "a"
+        ]);
+        let reader = sb.compile_expr_in(b, reader_src, PARAMS).expect("compiles");
+        let ev = sb.load(&json!({"k": 1})).expect("load");
+        assert_eq!(
+            sb.call_json(reader, &[Arg::Val(ev)]).expect("runs"),
+            expected
+        );
+        let polluter = sb
+            .compile_expr_in(
+                a,
+                "Object.prototype.polluted = 1; Array.prototype.includes = function () { return true }; \
+                 seen = 1; globalThis.foo = 2; this.bar = 3; JSON.parse = null; Math.max = null; \
+                 _topic.x = 1; _topic.t = {v: 2}; delete _topic.t; \
+                 event.constructor.prototype.polluted = 1; event.__proto__.polluted = 1; \
+                 Object.getPrototypeOf(async function () {}).polluted = 1; \
+                 Object.getPrototypeOf(Object.getPrototypeOf([][Symbol.iterator]())).polluted = 1; \
+                 Object.getPrototypeOf(function* () {}).prototype.polluted = 1; \
+                 String.prototype.trim = function () { return 'x' }; \
+                 seen",
+                PARAMS,
+            )
+            .expect("compiles");
+        // Sloppy mode: the writes are ignored; the rule's own stray variable works.
+        assert_eq!(
+            sb.call_json(polluter, &[Arg::Val(ev)]).expect("runs"),
+            json!(1)
+        );
+        assert_eq!(
+            sb.call_json(reader, &[Arg::Val(ev)]).expect("runs"),
+            expected
+        );
+        // A function compiled later in another scope sees nothing either.
+        let late = sb.compile_expr(reader_src, PARAMS).expect("compiles");
+        assert_eq!(sb.call_json(late, &[Arg::Val(ev)]).expect("runs"), expected);
+        // Functions of the same scope share their undeclared variables (a rule's `when` and
+        // `value`), and keep them between calls.
+        let same = sb
+            .compile_expr_in(a, "seen = seen + 1", PARAMS)
+            .expect("compiles");
+        assert_eq!(sb.call_json(same, &[]).expect("runs"), json!(2));
+        assert_eq!(
+            sb.call_json(polluter, &[Arg::Val(ev)]).expect("runs"),
+            json!(1)
+        );
+        // Strict code is told.
+        let strict = sb
+            .compile_expr("'use strict'; Object.prototype.polluted = 1", PARAMS)
+            .expect("compiles");
+        assert!(
+            matches!(sb.call_json(strict, &[]), Err(ExprError::Thrown(m)) if m.starts_with("TypeError")),
+        );
+        // A rebuild (after a timeout) locks the new runtime down too.
+        let spin = sb
+            .compile_expr("while (true) {}", PARAMS)
+            .expect("compiles");
+        assert!(matches!(
+            sb.call_bool(spin, &[]),
+            Err(ExprError::Timeout(_))
+        ));
+        let ev = sb.load(&json!({"k": 1})).expect("load");
+        assert_eq!(
+            sb.call_json(polluter, &[Arg::Val(ev)]).expect("runs"),
+            json!(1)
+        );
+        assert_eq!(
+            sb.call_json(reader, &[Arg::Val(ev)]).expect("runs"),
+            expected
+        );
+    }
+
+    /// Freezing the intrinsics must not break what programs do with their own objects.
+    #[test]
+    fn own_objects_still_take_what_frozen_prototypes_have() {
+        let mut sb = sandbox();
+        let src = "var e = new Error('m'); e.name = 'Custom'; e.message = 'changed'; \
+                   class E extends Error { constructor(m) { super(m); this.name = 'E' } } \
+                   var o = {}; o.toString = function () { return 'me' }; o.valueOf = function () { return 7 }; \
+                   function F() {} F.prototype.greet = function () { return 'hi' }; \
+                   var a = [3, 1, 2]; a.sort(); a.push(4); var m = new Map([[1, 2]]); \
+                   [String(e), new E('x').name, String(o), o + 1, new F().greet(), a.join(), m.get(1), \
+                    JSON.stringify({k: [1]}), /b+/.test('abbc'), 'x'.padStart(3, '-')]";
+        assert_eq!(
+            eval_json(&mut sb, src),
+            json!([
+                "Custom: changed",
+                "E",
+                "me",
+                8,
+                "hi",
+                "1,2,3,4",
+                2,
+                "{\"k\":[1]}",
+                true,
+                "--x"
+            ])
+        );
+        // A script's top-level helpers and stray variables stay its own.
+        let s = sb
+            .compile_script(
+                "count = 0; function handle(event, ctx) { count++; ctx.state.n = count }",
+            )
+            .expect("compiles");
+        let t = sb
+            .compile_script("function handle(event, ctx) { ctx.state.seen = typeof count }")
+            .expect("compiles");
+        let ev = sb.load(&json!({})).expect("load");
+        assert_eq!(
+            sb.call_script(s, ev, &Json::Null).expect("runs").state,
+            json!({"n": 1})
+        );
+        assert_eq!(
+            sb.call_script(s, ev, &Json::Null).expect("runs").state,
+            json!({"n": 2})
+        );
+        assert_eq!(
+            sb.call_script(t, ev, &Json::Null).expect("runs").state,
+            json!({"seen": "undefined"})
+        );
+        // Only the globals Rust fills in can be set.
+        assert!(matches!(
+            sb.set_global_entry("other", "k", &json!(1)),
+            Err(ExprError::Invalid(_))
+        ));
+    }
+
     /// `cargo test --release -- --ignored --nocapture`
     #[test]
     #[ignore]
@@ -2225,5 +2679,108 @@ mod tests {
             per_split_call.as_nanos(),
             compile
         );
+    }
+}
+
+/// Micro-benchmark of what isolating rules costs; see BENCHMARKS.md ("Rule isolation").
+/// `cargo test -p tellify-core --release --lib isolation_cost -- --ignored --nocapture`;
+/// `TELLIFY_ISOLATION_ROUNDS=N` sets the rounds (small for callgrind).
+#[cfg(test)]
+mod isolation_bench {
+    use super::*;
+    use serde_json::json;
+
+    const PARAMS: &[&str] = &["event", "e", "source", "time"];
+    const EVENT: &str = r#"{"kind":"disk","host":"web-01.example.com","mount":"/var/lib/data","used_pct":93.5,"free_bytes":1073741824,"labels":{"env":"prod","team":"storage"},"tags":["a","b","c"]}"#;
+
+    fn per_call(sb: &mut Sandbox, src: &str, rounds: u32) -> Duration {
+        let f = sb.compile_expr(src, PARAMS).expect("compiles");
+        let v = sb.load_json(EVENT).expect("load");
+        let args = [Arg::Val(v), Arg::Val(v), Arg::Str("disk"), Arg::Num(0.0)];
+        for _ in 0..100 {
+            sb.call_bool(f, &args).expect("runs");
+        }
+        let start = Instant::now();
+        for _ in 0..rounds {
+            sb.call_bool(f, &args).expect("runs");
+        }
+        let took = start.elapsed() / rounds;
+        sb.release(v);
+        took
+    }
+
+    #[test]
+    #[ignore]
+    fn isolation_cost() {
+        let rounds: u32 = std::env::var("TELLIFY_ISOLATION_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(200_000);
+        let mut sb = Sandbox::new(Limits::default()).expect("sandbox");
+        sb.set_global_entry("_topic", "cluster", &json!({"apps": [{"name": "a", "state": "RUNNING"}, {"name": "WordCount", "state": "RUNNING"}]}))
+            .expect("topic");
+        let cases = [
+            ("simple", "event.kind == 'disk' && event.used_pct > 90"),
+            ("global Math", "Math.max(event.used_pct, 10) > 90"),
+            ("_topic", "_topic['cluster'].apps.length > 1"),
+            (
+                "stray loop var",
+                "var found = false; for (i = 0; i < event.tags.length; i++) { if (event.tags[i] == 'c') found = true } found",
+            ),
+            (
+                "method call",
+                "event.tags.includes('b') && event.host.startsWith('web')",
+            ),
+        ];
+        // TELLIFY_ISOLATION_CASE=NAME runs one case only (for instruction counts).
+        let only = std::env::var("TELLIFY_ISOLATION_CASE").ok();
+        for (name, src) in cases {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let took = per_call(&mut sb, src, rounds);
+            println!("{name:>16}: {} ns per call", took.as_nanos());
+        }
+        if only.is_some() {
+            return;
+        }
+        let s = sb
+            .compile_script("function handle(event, ctx) { ctx.state.n = (ctx.state.n || 0) + 1; if (event.used_pct > 90) ctx.fire({key: event.host}) }")
+            .expect("compiles");
+        let v = sb.load_json(EVENT).expect("load");
+        let state = json!({"n": 1});
+        let start = Instant::now();
+        for _ in 0..rounds / 10 {
+            sb.call_script(s, v, &state).expect("runs");
+        }
+        println!(
+            "{:>16}: {} ns per call",
+            "script",
+            (start.elapsed() / (rounds / 10)).as_nanos()
+        );
+        let n = 50;
+        let start = Instant::now();
+        let boxes: Vec<Sandbox> = (0..n)
+            .map(|_| Sandbox::new(Limits::default()).expect("sandbox"))
+            .collect();
+        println!(
+            "new sandbox: {} µs; heap {} bytes",
+            (start.elapsed() / n).as_micros(),
+            boxes[0].heap_bytes()
+        );
+        // The alternative: one context per rule inside the owner's runtime.
+        let rt = Runtime::new().expect("runtime");
+        let base = rt.memory_usage().memory_used_size;
+        let start = Instant::now();
+        let contexts: Vec<Context> = (0..n)
+            .map(|_| Context::full(&rt).expect("context"))
+            .collect();
+        let took = start.elapsed() / n;
+        let per_context = (rt.memory_usage().memory_used_size - base) / i64::from(n);
+        println!(
+            "context per rule: {} µs and {per_context} bytes per context",
+            took.as_micros()
+        );
+        drop(contexts);
     }
 }

@@ -68,7 +68,13 @@ impl Server {
                     .expect("a rule file is written");
             }
         }
-        Self::spawn(dir)
+        Self::spawn(dir, &[])
+    }
+
+    /// Starts `tellify serve` with extra flags and no rules.
+    fn start_with(flags: &[&str]) -> (Server, Duration) {
+        let dir = Arc::new(tempfile::tempdir().expect("a temp dir"));
+        Self::spawn(dir, flags)
     }
 
     /// Stops the server and starts it again on the same data (it restores its state).
@@ -77,10 +83,10 @@ impl Server {
         let _ = self.child.wait();
         let dir = self.dir.clone();
         drop(self);
-        Self::spawn(dir)
+        Self::spawn(dir, &[])
     }
 
-    fn spawn(dir: Arc<tempfile::TempDir>) -> (Server, Duration) {
+    fn spawn(dir: Arc<tempfile::TempDir>, flags: &[&str]) -> (Server, Duration) {
         // TELLIFY_BENCH_WRAP runs the server under a tool, e.g. `heaptrack -o /tmp/ht` (with
         // `--no-default-features`, so heaptrack sees the allocations). Memory figures are then
         // the tool's, not the server's.
@@ -103,6 +109,7 @@ impl Server {
         if folder.is_dir() {
             cmd.arg("--rules").arg(&folder);
         }
+        cmd.args(flags);
         let started = Instant::now();
         let mut child = cmd
             .env("TELLIFY_ADMIN_TOKEN", TOKEN)
@@ -161,6 +168,7 @@ impl Server {
     async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
+            // `/metrics` needs a token: the admin's.
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -1101,13 +1109,176 @@ async fn notify(report: &mut Report) {
     });
 }
 
-const SCENARIOS: [&str; 6] = [
+// ---------------------------------------------------------------------------------------------
+// Fairness: another user's alert while one owner runs at full budget
+
+/// POSTs one event as `token`; panics unless it is accepted.
+async fn post_event(
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    source: &str,
+    body: String,
+) {
+    let r = http
+        .post(format!("{base}/api/v1/events?source={source}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST answers");
+    assert_eq!(r.status().as_u16(), 202, "event refused");
+}
+
+/// One owner (`hog`) has 20 rules that each spin 5 ms per event (100 ms of engine time per
+/// event) and sends 20 events a second: 2 s of work per second, far over any share. The admin,
+/// another owner, has a rule that notifies a local webhook for every event and sends 20 events a
+/// second. Measured: the admin's event sent → webhook received, with the server's default share
+/// per owner (`--js-owner-cpu-ms`, 250), then without a share (0) for comparison.
+async fn fairness(report: &mut Report) {
+    const SECONDS: u64 = 15;
+    const RATE: u64 = 20;
+    const HOG_RULES: usize = 20;
+    for (label, share, seconds) in [
+        ("default share (250 ms/s)", "250", SECONDS),
+        ("no share (before)", "0", 5),
+    ] {
+        let (srv, _) = Server::start_with(&["--js-owner-cpu-ms", share]);
+        let admin = |path: &str| format!("{}{path}", srv.base);
+        let r = srv
+            .http
+            .post(admin("/api/v1/users"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"name": "hog"}))
+            .send()
+            .await
+            .expect("user");
+        assert!(r.status().is_success(), "user: {}", r.status());
+        let r: serde_json::Value = srv
+            .http
+            .post(admin("/api/v1/tokens"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"user": "hog"}))
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("token body");
+        let hog = r["token"].as_str().expect("a token").to_owned();
+        for k in 0..HOG_RULES {
+            let rule = serde_json::json!({"name": format!("spin-{k}"), "source": "hogs",
+                "when": "var end = Date.now() + 5; while (Date.now() < end) {} false"});
+            let r = srv
+                .http
+                .put(admin(&format!("/api/v1/rules/spin-{k}")))
+                .bearer_auth(&hog)
+                .json(&rule)
+                .send()
+                .await
+                .expect("rule");
+            assert!(r.status().is_success(), "rule: {}", r.status());
+        }
+        let (url, arrivals) = receiver().await;
+        let r = srv
+            .http
+            .put(admin("/api/v1/channels/hook"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"kind": "webhook", "url": url}))
+            .send()
+            .await
+            .expect("PUT channel answers");
+        assert!(r.status().is_success(), "channel: {}", r.status());
+        srv.put_rule(&serde_json::json!({"name": "mine", "source": "mine", "when": "true", "group_by": ["id"], "notify": ["hook"]}))
+            .await;
+        let cpu_before = srv.thread_cpu();
+        let mut sent: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+        let n = (RATE * seconds) as usize;
+        let mut throttled_seen = false;
+        for k in 0..n {
+            tick.tick().await;
+            let (http, base) = (srv.http.clone(), srv.base.clone());
+            tokio::spawn(post_event(
+                http.clone(),
+                base.clone(),
+                hog.clone(),
+                "hogs",
+                serde_json::json!({"k": k}).to_string(),
+            ));
+            let id = format!("ev-{k:06}");
+            sent.insert(id.clone(), Instant::now());
+            tokio::spawn(post_event(
+                http,
+                base,
+                TOKEN.to_owned(),
+                "mine",
+                serde_json::json!({"id": id}).to_string(),
+            ));
+            if k % RATE as usize == 0 && !throttled_seen {
+                let v: serde_json::Value = srv
+                    .http
+                    .get(admin("/api/v1/rules/spin-0"))
+                    .bearer_auth(&hog)
+                    .send()
+                    .await
+                    .expect("rule")
+                    .json()
+                    .await
+                    .expect("rule body");
+                throttled_seen = v["status"] == "throttled";
+            }
+        }
+        let arrived = wait_arrivals(&arrivals, n, Duration::from_secs(120)).await;
+        let cpu = CpuUse::between(&cpu_before, &srv.thread_cpu());
+        let mut lat: Vec<f64> = arrivals
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|(key, at)| {
+                sent.get(key)
+                    .map(|s| at.duration_since(*s).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let evaluations = srv.metric("tellify_rule_evaluations_total").await;
+        let note = format!(
+            "{}other user's event → webhook p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; hog rule runs by then {:.0} ({:.1} s of spinning; events sent for {} s); hog shown throttled: {throttled_seen}; engine thread CPU {:.1} s",
+            if arrived { "" } else { "NOT ALL ARRIVED; " },
+            pct(0.5),
+            pct(0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            evaluations - lat.len() as f64,
+            (evaluations - lat.len() as f64) * 0.005,
+            seconds,
+            cpu.by_kind.get("engine").copied().unwrap_or(0.0),
+        );
+        println!("  fairness, {label}: {note}");
+        report.rows.push(Row {
+            scenario: format!("fairness: {label}"),
+            rules: HOG_RULES + 1,
+            events: 2 * n,
+            accepted: None,
+            evaluated: None,
+            note,
+        });
+    }
+}
+
+const SCENARIOS: [&str; 7] = [
     "rules-http",
     "batch",
     "unindexed",
     "single",
     "rss",
     "notify",
+    "fairness",
 ];
 
 fn main() {
@@ -1143,6 +1314,7 @@ fn main() {
                 "single" => single(&mut report).await,
                 "rss" => rss(&mut report).await,
                 "notify" => notify(&mut report).await,
+                "fairness" => fairness(&mut report).await,
                 _ => unreachable!("checked above"),
             }
         }

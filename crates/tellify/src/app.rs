@@ -217,6 +217,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         metrics: metrics.clone(),
         alerts: alerts.clone(),
         limits,
+        owner_budget: (args.js_owner_cpu_ms > 0).then(|| {
+            tellify_core::eval::OwnerBudget::per_second(Duration::from_millis(args.js_owner_cpu_ms))
+        }),
         owners: owners.clone(),
         outbox: outbox.clone(),
         wake: wake.clone(),

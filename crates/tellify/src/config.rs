@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// JavaScript memory per rule owner, in MiB.
     #[arg(long, env = "TELLIFY_JS_MEMORY_MIB", default_value_t = 16)]
     pub js_memory_mib: usize,
+    /// Engine time each rule owner's rules may use per second, in milliseconds (0: no limit).
+    /// An owner over it is throttled: their events wait while other owners' go on.
+    #[arg(long, env = "TELLIFY_JS_OWNER_CPU_MS", default_value_t = 250)]
+    pub js_owner_cpu_ms: u64,
     /// How long evaluated events are kept in the log.
     #[arg(long, env = "TELLIFY_EVENT_RETENTION", default_value = "1d")]
     pub event_retention: String,

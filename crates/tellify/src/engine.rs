@@ -6,16 +6,24 @@
 //! alert changes, rule state and its checkpoint (the last event seq evaluated) in one store
 //! transaction. At start it restores that state and replays the events after the checkpoint:
 //! an event accepted before a crash is evaluated exactly once.
+//!
+//! **Fairness.** Each rule owner has a share of engine time (`--js-owner-cpu-ms` per second).
+//! An owner who has used it up is deferred: the checkpoint moves on for everyone else, and the
+//! owner's own position (the last event all their rules evaluated, and which rules have run on
+//! the next one) is committed with each batch in `engine_owner_positions`. Between batches the
+//! engine gives each deferred owner with time left a turn of at most one burst at their backlog,
+//! read back from the log in order, until they reach the checkpoint. So after a crash neither
+//! other owners' events are evaluated again nor the deferred owner's skipped.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 use tellify_core::alert::{AlertKey, Change, Content, ResolveReason, SYSTEM_OWNER, Status};
-use tellify_core::eval::Evaluator;
+use tellify_core::eval::{Evaluator, OwnerBudget, Resumed};
 use tellify_core::event::Event;
 use tellify_core::expr::Limits;
 use tellify_core::rule::{self, RuleDoc, RuleError, RuleSpec};
@@ -38,6 +46,10 @@ const REPLAY_CHUNK: i64 = 5_000;
 const RESTORE_PAGE: i64 = 5_000;
 /// Events evaluated before a commit, when commands queue up.
 const MAX_BATCH_EVENTS: usize = 20_000;
+/// Events read at a time when a deferred owner catches up.
+const RESUME_CHUNK: i64 = 500;
+/// How often the engine looks whether a deferred owner has time again, when idle.
+const RESUME_POLL: Duration = Duration::from_millis(10);
 
 /// What the engine is asked to do.
 pub enum Command {
@@ -91,13 +103,25 @@ pub enum Command {
     Shutdown,
 }
 
+/// Owners whose evaluation is deferred because their share of engine time ran out.
+pub type Throttled = Arc<RwLock<HashSet<String>>>;
+
 /// A cheap handle for sending commands to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    throttled: Throttled,
 }
 
 impl EngineHandle {
+    /// Whether `owner`'s rules are deferred now (status `throttled` in the rules API).
+    pub fn is_throttled(&self, owner: &str) -> bool {
+        self.throttled
+            .read()
+            .map(|set| set.contains(owner))
+            .unwrap_or(false)
+    }
+
     pub fn send(&self, command: Command) {
         // The engine only stops at shutdown; a command sent after that has nothing to do.
         let _ = self.tx.send(command);
@@ -156,6 +180,8 @@ pub struct EngineParts {
     pub metrics: Arc<Metrics>,
     pub alerts: broadcast::Sender<Alert>,
     pub limits: Limits,
+    /// Each owner's share of engine time; `None`: no limit.
+    pub owner_budget: Option<OwnerBudget>,
     /// Who owns each source, shared with ingest.
     pub owners: Owners,
     pub outbox: Arc<dyn Outbox>,
@@ -168,17 +194,31 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
+    let throttled = Throttled::default();
+    let shown = throttled.clone();
     let thread = std::thread::Builder::new()
         .name("tellify-engine".into())
         .spawn(move || {
             // Inside the runtime's context: database handles dropped on this thread (a failed
             // transaction) hand their connection back through it.
             let _context = runtime.enter();
+            let mut evaluator =
+                Evaluator::with_ids(parts.limits, Box::new(|| uuid::Uuid::now_v7().to_string()));
+            if let Some(budget) = parts.owner_budget {
+                // Engine time, as the CPU budget of each call measures it: monotonic wall time
+                // of this thread's work.
+                let origin = Instant::now();
+                evaluator.set_owner_budget(
+                    budget,
+                    Box::new(move || {
+                        u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+                    }),
+                );
+            }
             let mut engine = Engine {
-                evaluator: Evaluator::with_ids(
-                    parts.limits,
-                    Box::new(|| uuid::Uuid::now_v7().to_string()),
-                ),
+                evaluator,
+                throttled: shown,
+                barriers: Vec::new(),
                 dispatch: Dispatcher::new(parts.limits),
                 parts,
                 runtime,
@@ -211,11 +251,15 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
     ready_rx
         .await
         .context("The engine thread stopped while starting")??;
-    Ok((EngineHandle { tx }, thread))
+    Ok((EngineHandle { tx, throttled }, thread))
 }
 
 struct Engine {
     evaluator: Evaluator,
+    /// The deferred owners, as the rules API shows them.
+    throttled: Throttled,
+    /// Barriers waiting for deferred owners to reach the checkpoint they were sent at.
+    barriers: Vec<(i64, oneshot::Sender<()>)>,
     dispatch: Dispatcher,
     parts: EngineParts,
     runtime: tokio::runtime::Handle,
@@ -296,6 +340,10 @@ impl Engine {
                         // Instances too: their notify list comes from the template.
                         let notify = spec.notify.clone();
                         self.evaluator.upsert(&stored.owner, spec, now)?;
+                        if let Some(error) = &stored.error {
+                            self.evaluator
+                                .restore_error(&stored.owner, &stored.name, error);
+                        }
                         self.dispatch
                             .set_rule_notify(&stored.owner, &stored.name, &notify);
                         Ok(())
@@ -356,6 +404,13 @@ impl Engine {
         }
         self.evaluator.take_dirty();
         self.checkpoint = snapshot.checkpoint;
+        // Owners deferred before the restart catch up from where they were; the replay below
+        // evaluates the events after the checkpoint for everyone else.
+        for (owner, deferred) in &snapshot.deferred {
+            self.evaluator.restore_deferral(owner, deferred);
+        }
+        self.evaluator.take_deferrals();
+        self.show_throttled();
         if !failed.is_empty() {
             self.commit(EngineCommit {
                 rule_status: failed,
@@ -376,11 +431,15 @@ impl Engine {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         loop {
             let now = self.parts.clock.now();
-            let wait = self
-                .evaluator
-                .next_deadline()
-                .map_or(1_000, |d| (d - now).clamp(0, 1_000));
-            let first = match rx.recv_timeout(Duration::from_millis(wait as u64)) {
+            let mut wait = Duration::from_millis(
+                self.evaluator
+                    .next_deadline()
+                    .map_or(1_000, |d| (d - now).clamp(0, 1_000)) as u64,
+            );
+            if !self.evaluator.deferred_owners().is_empty() {
+                wait = wait.min(RESUME_POLL);
+            }
+            let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -427,6 +486,105 @@ impl Engine {
             self.evaluator.advance(self.parts.clock.now());
             self.commit_pending(None, Vec::new());
             self.release_silences();
+            self.catch_up_deferred();
+        }
+    }
+
+    /// Gives each deferred owner with time left one turn at their backlog: events after their
+    /// position up to the checkpoint, in order, until their time runs out (a turn lasts at most
+    /// the budget's burst plus one rule's run), each turn committed with the owner's new
+    /// position. An owner who reaches the checkpoint takes part in every event again.
+    fn catch_up_deferred(&mut self) {
+        for (owner, mut position) in self.evaluator.deferred_owners() {
+            if !self.evaluator.has_budget(&owner) {
+                continue;
+            }
+            self.evaluator.begin_turn();
+            let mut out_of_time = false;
+            while !out_of_time {
+                let events = match self
+                    .block_on(self.parts.store.events_after(position, RESUME_CHUNK))
+                {
+                    Ok(events) => events,
+                    Err(e) => {
+                        error!(message = "Failed to read the event log for a deferred owner; trying again.", %owner, error = %format!("{e:#}"));
+                        return;
+                    }
+                };
+                let backlog: Vec<StoredEvent> = events
+                    .into_iter()
+                    .filter(|e| e.seq <= self.checkpoint)
+                    .collect();
+                if backlog.is_empty() {
+                    self.evaluator.undefer(&owner);
+                    info!(message = "Owner caught up; no longer throttled.", %owner);
+                    break;
+                }
+                for stored in backlog {
+                    let e = stored.event;
+                    let event = Event {
+                        source: e.source,
+                        time: e.time,
+                        data: e.data,
+                    };
+                    match self
+                        .evaluator
+                        .resume(&owner, stored.seq, &event, e.hops, e.received)
+                    {
+                        Resumed::Done => position = stored.seq,
+                        Resumed::Paused => {
+                            out_of_time = true;
+                            break;
+                        }
+                        Resumed::NotDeferred => return,
+                    }
+                }
+                let committed = self.commit_pending(None, Vec::new());
+                if committed.emitted {
+                    self.catch_up();
+                }
+            }
+            // Commits the owner's leaving the deferred set.
+            self.commit_pending(None, Vec::new());
+        }
+        self.answer_barriers();
+    }
+
+    /// Answers the barriers whose events every deferred owner has now evaluated.
+    fn answer_barriers(&mut self) {
+        if self.barriers.is_empty() {
+            return;
+        }
+        let behind = self
+            .evaluator
+            .deferred_owners()
+            .iter()
+            .map(|(_, position)| *position)
+            .min();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.barriers)
+            .into_iter()
+            .partition(|(target, _)| behind.is_none_or(|p| p >= *target));
+        self.barriers = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Publishes the deferred owners for the rules API.
+    fn show_throttled(&self) {
+        let now: HashSet<String> = self
+            .evaluator
+            .deferred_owners()
+            .into_iter()
+            .map(|(owner, _)| owner)
+            .collect();
+        if let Ok(mut shown) = self.throttled.write()
+            && *shown != now
+        {
+            for owner in now.difference(&shown) {
+                info!(message = "Owner out of engine time; their events wait (throttled).", %owner);
+            }
+            *shown = now;
         }
     }
 
@@ -570,7 +728,10 @@ impl Engine {
                 self.evaluator.advance(now);
                 self.commit_pending(None, Vec::new());
                 self.release_silences();
-                let _ = reply.send(());
+                // Everything sent before it includes deferred owners' events: it is answered
+                // once they have caught up that far.
+                self.barriers.push((self.checkpoint, reply));
+                self.answer_barriers();
             }
             Command::Events { .. } | Command::Shutdown => {}
         }
@@ -753,7 +914,8 @@ impl Engine {
                 time: e.time,
                 data: e.data,
             };
-            self.evaluator.on_event(&event, e.hops, e.received);
+            self.evaluator
+                .on_logged_event(stored.seq, &event, e.hops, e.received);
         }
         let committed = self.commit_pending(last, Vec::new());
         self.parts.metrics.events_evaluated.inc_by(count);
@@ -774,6 +936,7 @@ impl Engine {
     ) -> Committed {
         let outcome = self.evaluator.drain();
         let states = self.evaluator.take_dirty();
+        let deferrals = self.evaluator.take_deferrals();
         let metrics = self.parts.metrics.clone();
         metrics.rule_evaluations.inc_by(outcome.evaluations);
         for failure in &outcome.failures {
@@ -813,6 +976,7 @@ impl Engine {
             && emitted.is_empty()
             && rules.is_empty()
             && acks.is_empty()
+            && deferrals.is_empty()
             && checkpoint.is_none_or(|c| c <= self.checkpoint)
         {
             return Committed::default();
@@ -830,6 +994,7 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let deferrals_changed = !deferrals.is_empty();
         for (owner, rule, error) in &outcome.status {
             match error {
                 Some(error) => {
@@ -847,7 +1012,11 @@ impl Engine {
             rules,
             acks,
             renotify: Vec::new(),
+            deferrals,
         });
+        if deferrals_changed {
+            self.show_throttled();
+        }
         if let Some(c) = checkpoint {
             self.checkpoint = self.checkpoint.max(c);
         }

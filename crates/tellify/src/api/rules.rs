@@ -28,7 +28,9 @@ pub struct OwnerQuery {
     pub owner: Option<String>,
 }
 
-fn view(rule: &StoredRule) -> Value {
+/// A rule as shown. `status`: `template`, `disabled`, `error` (see `error`), `throttled` (its
+/// owner's rules used up their share of engine time: their events wait), or `ok`.
+fn view(rule: &StoredRule, throttled: bool) -> Value {
     let mut out = match &rule.doc {
         Value::Object(map) => map.clone(),
         _ => Map::new(),
@@ -39,6 +41,8 @@ fn view(rule: &StoredRule) -> Value {
         "disabled"
     } else if rule.error.is_some() {
         "error"
+    } else if throttled {
+        "throttled"
     } else {
         "ok"
     };
@@ -65,7 +69,7 @@ pub async fn list_rules(
     };
     let rules = state.store.list_rules(owner.as_deref()).await?;
     Ok(Json(
-        json!({ "rules": rules.iter().map(view).collect::<Vec<_>>() }),
+        json!({ "rules": rules.iter().map(|r| view(r, state.engine.is_throttled(&r.owner))).collect::<Vec<_>>() }),
     ))
 }
 
@@ -99,7 +103,7 @@ pub async fn get_rule(
     Query(query): Query<OwnerQuery>,
 ) -> ApiResult<Json<Value>> {
     let rule = find(&state, &caller, query.owner.as_deref(), &name).await?;
-    Ok(Json(view(&rule)))
+    Ok(Json(view(&rule, state.engine.is_throttled(&rule.owner))))
 }
 
 #[utoipa::path(put, path = "/api/v1/rules/{name}", tag = "rules",
@@ -164,7 +168,8 @@ pub async fn put_rule(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(view(&stored))))
+    let throttled = state.engine.is_throttled(&stored.owner);
+    Ok((status, Json(view(&stored, throttled))))
 }
 
 #[utoipa::path(delete, path = "/api/v1/rules/{name}", tag = "rules",

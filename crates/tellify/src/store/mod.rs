@@ -199,6 +199,8 @@ pub struct HistoryFilter {
 pub struct EngineSnapshot {
     pub checkpoint: i64,
     pub states: Vec<(String, String, String, Value)>,
+    /// Owners whose evaluation lags behind the checkpoint (their time share ran out).
+    pub deferred: Vec<(String, tellify_core::eval::Deferred)>,
 }
 
 /// An open alert as the engine restores it.
@@ -227,6 +229,8 @@ pub struct EngineCommit {
     pub acks: Vec<Ack>,
     /// Firing alerts to notify again, with when (a silence over them ended).
     pub renotify: Vec<(String, i64)>,
+    /// Owners deferred or caught up by this batch (`None`: caught up), with where they are.
+    pub deferrals: Vec<(String, Option<tellify_core::eval::Deferred>)>,
 }
 
 /// A person acknowledged an alert.

@@ -566,6 +566,7 @@ async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result
                 .execute(&mut *tx)
                 .await?;
         }
+        write_deferrals(tx, &commit.deferrals).await?;
         // Read the changed alerts inside the transaction (they feed the deliveries written in
         // it), a few hundred per query: one query per alert made opening many costly.
         touched.sort();
@@ -804,7 +805,8 @@ impl Store for SqliteStore {
         // In the write turn like every writer, not in SQLite's busy handler.
         let _writing = self.writing().await;
         let done = sqlx::query(
-            "DELETE FROM events WHERE received < ? AND seq <= (SELECT checkpoint FROM engine WHERE id = 1)",
+            "DELETE FROM events WHERE received < ? AND seq <= (SELECT checkpoint FROM engine WHERE id = 1)
+                 AND seq <= (SELECT COALESCE(MIN(position), seq) FROM engine_owner_positions)",
         )
         .bind(before)
             .execute(&self.pool)
@@ -874,7 +876,12 @@ impl Store for SqliteStore {
                 )
             })
             .collect();
-        Ok(EngineSnapshot { checkpoint, states })
+        let deferred = load_deferrals(&self.pool).await?;
+        Ok(EngineSnapshot {
+            checkpoint,
+            states,
+            deferred,
+        })
     }
 
     async fn open_alerts(&self, after: Option<&AlertKey>, limit: i64) -> Result<Vec<OpenAlert>> {
@@ -1082,6 +1089,74 @@ impl Store for SqliteStore {
         };
         self.observe(written.await)
     }
+}
+
+/// Writes where deferred owners are (see `engine_owner_positions`); `None` removes the owner.
+async fn write_deferrals(
+    tx: &mut SqliteConnection,
+    deferrals: &[(String, Option<tellify_core::eval::Deferred>)],
+) -> Result<()> {
+    for (owner, deferred) in deferrals {
+        match deferred {
+            Some(d) => {
+                let (partial_seq, partial_rules) = match &d.partial {
+                    Some((seq, rules)) => (Some(*seq), Some(serde_json::to_string(rules)?)),
+                    None => (None, None),
+                };
+                sqlx::query(
+                    "INSERT INTO engine_owner_positions (owner, position, partial_seq, partial_rules)
+                     VALUES (?, ?, ?, ?)
+                     ON CONFLICT (owner) DO UPDATE SET position = excluded.position,
+                         partial_seq = excluded.partial_seq, partial_rules = excluded.partial_rules",
+                )
+                .bind(owner)
+                .bind(d.position)
+                .bind(partial_seq)
+                .bind(partial_rules)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM engine_owner_positions WHERE owner = ?")
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The deferred owners and where each is.
+async fn load_deferrals(
+    pool: &sqlx::SqlitePool,
+) -> Result<Vec<(String, tellify_core::eval::Deferred)>> {
+    let rows = sqlx::query(
+        "SELECT owner, position, partial_seq, partial_rules FROM engine_owner_positions ORDER BY owner",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let partial = match (
+                r.get::<Option<i64>, _>("partial_seq"),
+                r.get::<Option<&str>, _>("partial_rules"),
+            ) {
+                (Some(seq), Some(rules)) => Some((
+                    seq,
+                    serde_json::from_str(rules).context("Failed to read a deferred owner")?,
+                )),
+                _ => None,
+            };
+            Ok((
+                r.get("owner"),
+                tellify_core::eval::Deferred {
+                    position: r.get("position"),
+                    partial,
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

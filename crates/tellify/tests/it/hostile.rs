@@ -107,7 +107,9 @@ async fn infinite_loops_memory_bombs_and_deep_recursion_are_stopped_and_other_ru
     assert_eq!(bob_alerts.len(), 1);
     assert_eq!(bob_alerts[0]["rule"], "good-bob");
 
-    // The sandbox was rebuilt after each, and keeps working for the next event.
+    // The sandbox was rebuilt after each, and keeps working for the next event. The failed
+    // rules rest for a second (their back-off) before they run again.
+    server.advance("1s").await;
     server
         .send(ADMIN, "s", "application/json", r#"{"v": 3}"#)
         .await;

@@ -14,6 +14,7 @@ mod crash;
 mod drain;
 mod email;
 mod failures;
+mod fairness;
 mod hostile;
 mod hygiene;
 mod ingest;
