@@ -58,7 +58,7 @@ fn rules_lint_passes_the_examples_and_points_at_errors() {
 
 #[test]
 fn rules_test_runs_offline_over_an_event_file() {
-    let events = repo_root().join("../shared/fixtures/keyvalue/builds.txt");
+    let events = repo_root().join("crates/tellify/tests/fixtures/keyvalue/builds.txt");
     let out = tellify(&[
         "rules",
         "test",

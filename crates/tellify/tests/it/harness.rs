@@ -21,7 +21,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn fixture(path: &str) -> String {
-    let p = repo_root().join("../shared/fixtures").join(path);
+    let p = repo_root().join("crates/tellify/tests/fixtures").join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
 }
 
