@@ -24,7 +24,6 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use tellify_core::alert::{AlertKey, Change, Content, ResolveReason, SYSTEM_OWNER, Status};
 use tellify_core::eval::{Evaluator, OwnerBudget, Resumed};
-use tellify_core::event::Event;
 use tellify_core::expr::Limits;
 use tellify_core::rule::{self, RuleDoc, RuleError, RuleSpec};
 use tellify_core::subscription::Trigger;
@@ -521,15 +520,10 @@ impl Engine {
                     break;
                 }
                 for stored in backlog {
-                    let e = stored.event;
-                    let event = Event {
-                        source: e.source,
-                        time: e.time,
-                        data: e.data,
-                    };
+                    let (event, hops, received) = stored.event.into_event();
                     match self
                         .evaluator
-                        .resume(&owner, stored.seq, &event, e.hops, e.received)
+                        .resume(&owner, stored.seq, &event, hops, received)
                     {
                         Resumed::Done => position = stored.seq,
                         Resumed::Paused => {
@@ -908,14 +902,9 @@ impl Engine {
         .entered();
         // The batch is ours: each event moves into the evaluator's form without a copy.
         for stored in events {
-            let e = stored.event;
-            let event = Event {
-                source: e.source,
-                time: e.time,
-                data: e.data,
-            };
+            let (event, hops, received) = stored.event.into_event();
             self.evaluator
-                .on_logged_event(stored.seq, &event, e.hops, e.received);
+                .on_logged_event(stored.seq, &event, hops, received);
         }
         let committed = self.commit_pending(last, Vec::new());
         self.parts.metrics.events_evaluated.inc_by(count);

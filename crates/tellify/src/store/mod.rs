@@ -59,6 +59,18 @@ pub struct NewEvent {
     pub data: Value,
 }
 
+impl NewEvent {
+    /// The event as the evaluator takes it (moved, not copied), with its hops and arrival time.
+    pub fn into_event(self) -> (tellify_core::event::Event, u8, i64) {
+        let event = tellify_core::event::Event {
+            source: self.source,
+            time: self.time,
+            data: self.data,
+        };
+        (event, self.hops, self.received)
+    }
+}
+
 /// Events one user sends together.
 #[derive(Debug, Clone)]
 pub struct EventBatch {
