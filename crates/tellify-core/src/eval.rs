@@ -114,6 +114,10 @@ impl Access {
 /// provides it; the core reads no clock.
 pub type Meter = Box<dyn Fn() -> u64>;
 
+/// Tells whether events after a seq are in the log, waiting to be evaluated. The server
+/// provides it (its ingest knows the newest seq); the core does not see the queue.
+pub type Backlog = Box<dyn Fn(i64) -> bool>;
+
 /// Each rule owner's share of engine time (see [`Evaluator::set_owner_budget`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnerBudget {
@@ -271,6 +275,7 @@ struct Budget {
     per_second: u64,
     burst: i64,
     meter: Meter,
+    backlog: Backlog,
     /// When the current catch-up turn began (see [`Evaluator::begin_turn`]).
     turn: Option<u64>,
 }
@@ -279,6 +284,24 @@ struct Budget {
 struct Deferral {
     position: i64,
     partial: Option<(i64, HashSet<RuleId>)>,
+}
+
+/// The last candidate rule on an event, by owner, and the last of any other owner before it.
+#[derive(Default)]
+struct LastOwners {
+    last: Option<(String, usize)>,
+    other: Option<usize>,
+}
+
+impl LastOwners {
+    /// Whether a rule of an owner but `owner` comes after `position`.
+    fn other_after(&self, owner: &str, position: usize) -> bool {
+        match &self.last {
+            None => false,
+            Some((last, at)) if last != owner => *at > position,
+            Some(_) => self.other.is_some_and(|at| at > position),
+        }
+    }
 }
 
 /// Whose rules a pass over an event or the clock runs.
@@ -349,6 +372,10 @@ pub struct Evaluator {
     deferred: HashMap<String, Deferral>,
     /// Owners whose deferral changed since [`Evaluator::take_deferrals`].
     deferral_changed: HashSet<String>,
+    /// How many rules each owner has: an owner alone has nobody to make way for.
+    rule_owners: HashMap<String, usize>,
+    /// The latest seq of the log every owner but the deferred ones has evaluated.
+    latest_seq: i64,
 }
 
 impl Evaluator {
@@ -391,6 +418,8 @@ impl Evaluator {
             usage: HashMap::new(),
             deferred: HashMap::new(),
             deferral_changed: HashSet::new(),
+            rule_owners: HashMap::new(),
+            latest_seq: 0,
         }
     }
 
@@ -551,6 +580,7 @@ impl Evaluator {
                 let id = RuleId::try_from(self.rules.len()).expect("fewer than 4 billion rules");
                 self.rules.push(Some(compiled));
                 self.by_name.insert(name_key, id);
+                *self.rule_owners.entry(owner.to_owned()).or_default() += 1;
                 id
             }
         };
@@ -577,6 +607,12 @@ impl Evaluator {
         let Some(id) = self.by_name.remove(&(owner.to_owned(), name.to_owned())) else {
             return;
         };
+        if let Some(count) = self.rule_owners.get_mut(owner) {
+            *count -= 1;
+            if *count == 0 {
+                self.rule_owners.remove(owner);
+            }
+        }
         self.close_rule(id, now, ResolveReason::RuleRemoved);
         // The rule's slot is emptied below, so its cleared states are reported from here.
         let cleared: Vec<String> = self
@@ -941,14 +977,34 @@ impl Evaluator {
     /// time each owner's rules take, and an owner who has used up their share is deferred: their
     /// rules skip the events that follow (in [`Evaluator::on_logged_event`]) until the engine has
     /// caught them up with [`Evaluator::resume`], in order, while other owners go on.
-    pub fn set_owner_budget(&mut self, budget: OwnerBudget, meter: Meter) {
+    ///
+    /// The share only binds when someone else waits: an owner out of time is deferred only if
+    /// another owner has rules and either one of those is still to run on this event or
+    /// `backlog` says more events are waiting. Alone, or with nobody waiting, an owner keeps
+    /// the whole engine, and a deferred owner catches up without a budget while the log has
+    /// nothing new.
+    pub fn set_owner_budget(&mut self, budget: OwnerBudget, meter: Meter, backlog: Backlog) {
         let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.budget = Some(Budget {
             per_second: nanos(budget.per_second),
             burst: i64::try_from(nanos(budget.burst)).unwrap_or(i64::MAX),
             meter,
+            backlog,
             turn: None,
         });
+    }
+
+    /// Whether events the current pass has not evaluated yet are waiting in the log.
+    pub fn backlog(&self) -> bool {
+        self.budget
+            .as_ref()
+            .is_some_and(|b| (b.backlog)(self.latest_seq))
+    }
+
+    /// Whether an owner other than `owner` has rules.
+    fn others_have_rules(&self, owner: &str) -> bool {
+        self.rule_owners.len() > 1
+            || self.rule_owners.len() == 1 && !self.rule_owners.contains_key(owner)
     }
 
     /// Starts a deferred owner's turn at catching up: [`Evaluator::resume`] pauses once the
@@ -982,14 +1038,22 @@ impl Evaluator {
         usage.balance > 0
     }
 
-    /// Charges `owner` the time from `start` to `end` (meter readings).
+    /// Charges `owner` the time from `start` to `end` (meter readings). The debt stops at one
+    /// burst: time an owner took while nobody else waited is not held against them later.
     fn charge(&mut self, owner: &str, start: u64, end: u64) {
         let spent = end.saturating_sub(start);
-        if let Some(usage) = self.usage.get_mut(owner) {
+        if let (Some(usage), Some(budget)) = (self.usage.get_mut(owner), self.budget.as_ref()) {
             usage.balance = usage
                 .balance
-                .saturating_sub(i64::try_from(spent).unwrap_or(i64::MAX));
+                .saturating_sub(i64::try_from(spent).unwrap_or(i64::MAX))
+                .max(-budget.burst);
         }
+    }
+
+    /// Whether `owner` may take a turn at catching up now: when they have engine time left, or
+    /// when nothing new waits in the log (the engine is otherwise idle).
+    pub fn may_catch_up(&mut self, owner: &str) -> bool {
+        !self.backlog() || self.has_budget(owner)
     }
 
     /// Whether `owner` has engine time left now (always, without a budget).
@@ -1110,6 +1174,9 @@ impl Evaluator {
         // it back.
         if matches!(pass, Pass::Current) {
             self.set_topic(&event.source, &event.data);
+            if let Some(seq) = seq {
+                self.latest_seq = seq;
+            }
         }
         if self.index_dirty {
             self.rebuild_index();
@@ -1134,7 +1201,9 @@ impl Evaluator {
         let mut running: Option<(String, u64)> = None;
         let mut applied: Vec<(String, RuleId)> = Vec::new();
         let mut paused = false;
-        for &id in &candidates {
+        // For an owner out of time, whether another owner's rule is still to run on this event.
+        let mut last_others: Option<LastOwners> = None;
+        for (position, &id) in candidates.iter().enumerate() {
             let Some(rule) = self.rules[id as usize].as_ref() else {
                 continue;
             };
@@ -1152,13 +1221,29 @@ impl Evaluator {
                 if let Some((previous, start)) = running.take() {
                     self.charge(&previous, start, now);
                 }
-                let turn_over = matches!(pass, Pass::Owner(_))
-                    && self.budget.as_ref().is_some_and(|b| {
-                        b.turn.is_some_and(|turn| {
-                            i64::try_from(now.saturating_sub(turn)).unwrap_or(i64::MAX) > b.burst
-                        })
-                    });
-                if !self.refill(&owner, now) || turn_over {
+                let out_of_time = !self.refill(&owner, now);
+                let make_way = match pass {
+                    Pass::Current => {
+                        out_of_time
+                            && self.others_have_rules(&owner)
+                            && (self.backlog()
+                                || last_others
+                                    .get_or_insert_with(|| self.last_owners(&candidates))
+                                    .other_after(&owner, position))
+                    }
+                    Pass::Owner(_) => {
+                        let turn_over = self.budget.as_ref().is_some_and(|b| {
+                            b.turn.is_some_and(|turn| {
+                                i64::try_from(now.saturating_sub(turn)).unwrap_or(i64::MAX)
+                                    > b.burst
+                            })
+                        });
+                        let new_events = self.backlog();
+                        (out_of_time && new_events)
+                            || (turn_over && (new_events || self.deferred.len() > 1))
+                    }
+                };
+                if make_way {
                     match (pass, seq) {
                         (Pass::Current, Some(seq)) => {
                             let ran: HashSet<RuleId> = applied
@@ -1217,6 +1302,29 @@ impl Evaluator {
             self.deferral_changed.insert(owner.to_owned());
         }
         !paused
+    }
+
+    /// Where the last candidates of the last two owners to run on an event are (rules resting
+    /// or deferred left out).
+    fn last_owners(&self, candidates: &[RuleId]) -> LastOwners {
+        let mut last = LastOwners::default();
+        for (position, &id) in candidates.iter().enumerate().rev() {
+            let Some(rule) = self.rules[id as usize].as_ref() else {
+                continue;
+            };
+            if rule.resting(self.now) || !self.in_pass(id, Pass::Current) {
+                continue;
+            }
+            match &last.last {
+                None => last.last = Some((rule.owner.clone(), position)),
+                Some((owner, _)) if *owner != rule.owner => {
+                    last.other = Some(position);
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        last
     }
 
     /// The event as a JavaScript value in `owner`'s sandbox, converted once per event.
@@ -2351,6 +2459,7 @@ mod tests {
         let waited = std::rc::Rc::new(std::cell::Cell::new(0u64));
         let ticks = std::rc::Rc::new(std::cell::Cell::new(0u64));
         let (w, t) = (waited.clone(), ticks.clone());
+        // Newer events wait in the log all along (the hog has to make way).
         ev.set_owner_budget(
             OwnerBudget {
                 per_second: std::time::Duration::from_millis(10),
@@ -2360,6 +2469,7 @@ mod tests {
                 t.set(t.get() + 1);
                 t.get() * 1_000_000 + w.get()
             }),
+            Box::new(|_| true),
         );
         let opened = |out: &Outcome| -> Vec<String> {
             out.changes
@@ -2434,6 +2544,77 @@ mod tests {
         );
         assert_eq!(again.resume("hog", 1, &e(1), 0, 10), Resumed::Done);
         assert_eq!(opened(&again.drain()), ["h1:1", "h2:1", "h4:1"]);
+    }
+
+    /// The share is work-conserving: an owner out of time makes way only for someone waiting.
+    #[test]
+    fn an_owner_over_budget_keeps_the_engine_while_nobody_else_waits() {
+        let mut ev = Evaluator::new(Limits::default());
+        for i in 0..5 {
+            ev.upsert("hog", rule(json!({"name": format!("h{i}"), "source": "s", "when": "true", "group_by": ["i"]})), 0)
+                .expect("rule");
+        }
+        // Each reading of the meter is 1 ms after the one before; `waiting` is the backlog.
+        let ticks = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let waiting = std::rc::Rc::new(std::cell::Cell::new(false));
+        let (t, w) = (ticks.clone(), waiting.clone());
+        ev.set_owner_budget(
+            OwnerBudget {
+                per_second: std::time::Duration::from_millis(10),
+                burst: std::time::Duration::from_millis(3),
+            },
+            Box::new(move || {
+                t.set(t.get() + 1);
+                t.get() * 1_000_000
+            }),
+            Box::new(move |_| w.get()),
+        );
+        let e = |i: i64| event("s", json!({"i": i}));
+        let opened = |ev: &mut Evaluator| {
+            ev.drain()
+                .changes
+                .iter()
+                .filter(|c| matches!(c, Change::Open { .. }))
+                .count()
+        };
+        // Alone, with events waiting: nobody to make way for.
+        waiting.set(true);
+        for seq in 1..=3 {
+            ev.on_logged_event(seq, &e(seq), 0, seq * 10);
+        }
+        assert_eq!(opened(&mut ev), 15);
+        assert!(!ev.is_deferred("hog"));
+        // Another owner has a rule on another source, and nothing waits: still no deferral.
+        ev.upsert(
+            "ann",
+            rule(json!({"name": "a", "source": "other", "when": "true"})),
+            0,
+        )
+        .expect("rule");
+        waiting.set(false);
+        ev.on_logged_event(4, &e(4), 0, 40);
+        assert_eq!(opened(&mut ev), 5);
+        assert!(!ev.is_deferred("hog"));
+        // Events wait behind this one: the hog, out of time, makes way.
+        waiting.set(true);
+        ev.on_logged_event(5, &e(5), 0, 50);
+        assert_eq!(opened(&mut ev), 0, "out of time since event 4");
+        assert!(ev.is_deferred("hog"));
+        ev.on_logged_event(6, &e(6), 0, 60);
+        assert_eq!(opened(&mut ev), 0);
+        // Out of time but nothing new in the log: the hog catches up all the same, in order.
+        assert!(!ev.may_catch_up("hog"));
+        waiting.set(false);
+        assert!(ev.may_catch_up("hog"));
+        ev.begin_turn();
+        assert_eq!(ev.resume("hog", 5, &e(5), 0, 50), Resumed::Done);
+        assert_eq!(ev.resume("hog", 6, &e(6), 0, 60), Resumed::Done);
+        assert_eq!(opened(&mut ev), 10);
+        // With events waiting again, a hog out of time pauses.
+        ev.on_logged_event(7, &e(7), 0, 70);
+        assert_eq!(opened(&mut ev), 0, "still deferred: skips the current pass");
+        waiting.set(true);
+        assert_eq!(ev.resume("hog", 7, &e(7), 0, 70), Resumed::Paused);
     }
 
     #[test]

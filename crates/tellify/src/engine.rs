@@ -16,6 +16,7 @@
 //! other owners' events are evaluated again nor the deferred owner's skipped.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -110,6 +111,9 @@ pub type Throttled = Arc<RwLock<HashSet<String>>>;
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     throttled: Throttled,
+    /// The newest seq sent for evaluation: the engine's owner share makes way for the events
+    /// after the one it evaluates only when there are some.
+    log_head: Arc<AtomicI64>,
 }
 
 impl EngineHandle {
@@ -122,6 +126,11 @@ impl EngineHandle {
     }
 
     pub fn send(&self, command: Command) {
+        if let Command::Events { events, .. } = &command
+            && let Some(last) = events.iter().map(|e| e.seq).max()
+        {
+            self.log_head.fetch_max(last, Ordering::Release);
+        }
         // The engine only stops at shutdown; a command sent after that has nothing to do.
         let _ = self.tx.send(command);
     }
@@ -195,6 +204,8 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
     let runtime = tokio::runtime::Handle::current();
     let throttled = Throttled::default();
     let shown = throttled.clone();
+    let log_head = Arc::new(AtomicI64::new(0));
+    let head = log_head.clone();
     let thread = std::thread::Builder::new()
         .name("tellify-engine".into())
         .spawn(move || {
@@ -212,6 +223,7 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
                     Box::new(move || {
                         u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
                     }),
+                    Box::new(move |seq| head.load(Ordering::Acquire) > seq),
                 );
             }
             let mut engine = Engine {
@@ -250,7 +262,14 @@ pub async fn start(parts: EngineParts) -> Result<(EngineHandle, std::thread::Joi
     ready_rx
         .await
         .context("The engine thread stopped while starting")??;
-    Ok((EngineHandle { tx, throttled }, thread))
+    Ok((
+        EngineHandle {
+            tx,
+            throttled,
+            log_head,
+        },
+        thread,
+    ))
 }
 
 struct Engine {
@@ -436,7 +455,14 @@ impl Engine {
                     .map_or(1_000, |d| (d - now).clamp(0, 1_000)) as u64,
             );
             if !self.evaluator.deferred_owners().is_empty() {
-                wait = wait.min(RESUME_POLL);
+                // With nothing new in the log, deferred owners catch up at once; otherwise they
+                // wait for their share to refill.
+                let poll = if self.evaluator.backlog() {
+                    RESUME_POLL
+                } else {
+                    Duration::ZERO
+                };
+                wait = wait.min(poll);
             }
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
@@ -489,13 +515,14 @@ impl Engine {
         }
     }
 
-    /// Gives each deferred owner with time left one turn at their backlog: events after their
-    /// position up to the checkpoint, in order, until their time runs out (a turn lasts at most
-    /// the budget's burst plus one rule's run), each turn committed with the owner's new
+    /// Gives each deferred owner with time left, or every one when nothing new waits in the log,
+    /// one turn at their backlog: events after their position up to the checkpoint, in order,
+    /// until new events wait and their time runs out (a turn lasts at most the budget's burst
+    /// plus one rule's run while others wait), each turn committed with the owner's new
     /// position. An owner who reaches the checkpoint takes part in every event again.
     fn catch_up_deferred(&mut self) {
         for (owner, mut position) in self.evaluator.deferred_owners() {
-            if !self.evaluator.has_budget(&owner) {
+            if !self.evaluator.may_catch_up(&owner) {
                 continue;
             }
             self.evaluator.begin_turn();
