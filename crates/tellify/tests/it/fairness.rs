@@ -304,3 +304,50 @@ async fn an_owner_over_their_share_of_engine_time_is_throttled_and_others_go_on(
     );
     assert_eq!(rule_view(&server, &hog, "count").await["status"], "ok");
 }
+
+/// The share binds only when someone else waits: an owner alone on the server keeps the whole
+/// engine, however much their rules take (the share would let them have a quarter of it).
+#[tokio::test]
+async fn an_owner_alone_is_never_throttled() {
+    let server = Server::start().await;
+    let solo = server.user("solo").await;
+    for k in 0..20 {
+        server
+            .rule(
+                &solo,
+                json!({"name": format!("spin-{k}"), "source": "solo",
+                    "when": "var end = Date.now() + 5; while (Date.now() < end) {} false"}),
+            )
+            .await;
+    }
+    server
+        .rule(
+            &solo,
+            json!({"name": "count", "source": "solo", "when": "true", "group_by": ["i"]}),
+        )
+        .await;
+    // 20 events of 100 ms each: 2 s of engine time, eight times the default share's burst.
+    const EVENTS: usize = 20;
+    let body: String = (1..=EVENTS)
+        .map(|i| format!("{}\n", json!({"i": i})))
+        .collect();
+    server
+        .send(&solo, "solo", "application/x-ndjson", &body)
+        .await;
+    let started = Instant::now();
+    loop {
+        assert_eq!(
+            rule_view(&server, &solo, "count").await["status"],
+            "ok",
+            "an owner alone was throttled"
+        );
+        if of_rule(&server.alerts(&solo, "rule=count").await, "count").len() == EVENTS {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the events were never evaluated"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
