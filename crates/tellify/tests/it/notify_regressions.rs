@@ -218,6 +218,8 @@ async fn a_put_without_headers_keeps_the_secret_headers() {
     );
 }
 
+/// A PUT replaces the channel; a secret left out keeps its stored value, but a plain setting
+/// left out is not kept: the PUT is refused, naming it, and the stored channel stays as it was.
 #[tokio::test]
 async fn a_put_missing_a_required_plain_setting_is_refused() {
     let server = Server::start().await;
@@ -228,15 +230,33 @@ async fn a_put_missing_a_required_plain_setting_is_refused() {
             &json!({"kind": "nats", "url": "nats://u:p@127.0.0.1:4222", "topic": "alerts"}),
         )
         .await;
-    assert!(s.is_success(), "{s} {b}");
+    assert_eq!(s, StatusCode::CREATED, "{b}");
     let (s, b) = server
         .put_json(ADMIN, "/api/v1/channels/bus", &json!({"kind": "nats"}))
         .await;
-    let (_, got) = server.get(ADMIN, "/api/v1/channels/bus").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"]["code"], "invalid_channel", "{b}");
+    let message = b["error"]["message"].as_str().expect("a message");
     assert!(
-        s == StatusCode::BAD_REQUEST || got["topic"] == "alerts",
-        "PUT answered {s} {b}; stored now: {got}"
+        message.contains("`topic`"),
+        "names the missing setting: {message}"
     );
+    let (_, got) = server.get(ADMIN, "/api/v1/channels/bus").await;
+    assert_eq!(
+        got["topic"], "alerts",
+        "the stored channel is unchanged: {got}"
+    );
+    // The control: leaving out only the secret keeps it, and the PUT goes through.
+    let (s, b) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/bus",
+            &json!({"kind": "nats", "topic": "other"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["topic"], "other", "{b}");
+    assert_eq!(b["url"], "***", "the secret kept: {b}");
 }
 
 #[tokio::test]
