@@ -180,17 +180,151 @@ async fn topic_data_of_private_sources_does_not_leak_through_scripts() {
     assert!(!summary.contains("s3cr3t"), "{summary}");
 }
 
-/// Extractor rejections do not use the error shape.
+/// A malformed request: method, path, content type, body, then the answer's status, code and
+/// what its message must say.
+type Malformed<'a> = (
+    reqwest::Method,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    u16,
+    &'a str,
+    &'a [&'a str],
+);
+
+/// Extractor rejections did not use the error shape. Each malformed body is answered with
+/// the status and code of its kind and a message that says what is wrong with it, in the one
+/// shape `{"error": {"code", "message"}}` (events add the index of the bad one).
 #[tokio::test]
 async fn malformed_json_bodies_get_the_error_shape() {
     let server = Server::start().await;
-    let (status, body) = server
-        .request(
+    let json = Some("application/json");
+    let cases: [Malformed; 9] = [
+        // Through the JSON extractor: not JSON, cut short, the wrong shape, no content type.
+        (
             reqwest::Method::POST,
-            ADMIN,
             "/api/v1/rules/test",
-            Some(("application/json", "{not json".into())),
-        )
-        .await;
-    assert!(body.get("error").is_some(), "{status} {body}");
+            json,
+            "{not json",
+            400,
+            "bad_request",
+            &[
+                "Failed to parse the request body as JSON",
+                "line 1 column 2",
+            ],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/users",
+            json,
+            r#"{"name": "ann""#,
+            400,
+            "bad_request",
+            &["Failed to parse the request body as JSON", "EOF"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/users",
+            json,
+            r#"{"name": 5}"#,
+            400,
+            "bad_request",
+            &["name: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/users",
+            None,
+            r#"{"name": "ann"}"#,
+            415,
+            "unsupported_media_type",
+            &["Content-Type: application/json"],
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/channels/ops",
+            json,
+            r#"{"kind": "webhook", "url": "#,
+            400,
+            "bad_request",
+            &["Failed to parse the request body as JSON", "EOF"],
+        ),
+        // Handlers that parse the body themselves.
+        (
+            reqwest::Method::PUT,
+            "/api/v1/rules/r",
+            json,
+            "{not json",
+            400,
+            "invalid_rule",
+            &["malformed JSON", "line 1 column 2"],
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/rules/r",
+            json,
+            "[1]",
+            400,
+            "invalid_rule",
+            &["a rule must be a JSON object"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            json,
+            r#"{"user":"#,
+            400,
+            "bad_request",
+            &["invalid body", "EOF"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/events?source=s",
+            json,
+            "{not json",
+            400,
+            "bad_event",
+            &["malformed JSON", "line 1 column 2"],
+        ),
+    ];
+    for (method, path, content_type, body, status, code, says) in cases {
+        let mut req = server
+            .http
+            .request(method.clone(), format!("{}{path}", server.base))
+            .bearer_auth(ADMIN)
+            .body(body.to_owned());
+        if let Some(content_type) = content_type {
+            req = req.header("content-type", content_type);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let got = resp.status();
+        let text = resp.text().await.expect("a body");
+        let case = format!("{method} {path} {body:?}: {got} {text}");
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{case}: not JSON ({e})"));
+        assert_eq!(got.as_u16(), status, "{case}");
+        assert_eq!(answer["error"]["code"], code, "{case}");
+        let message = answer["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: no message"));
+        for said in says {
+            assert!(message.contains(said), "{case}: the message lacks {said:?}");
+        }
+        let object = answer.as_object().expect("an object");
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            ["error"],
+            "{case}: only the error"
+        );
+    }
+    // Nothing malformed was stored.
+    let (_, users) = server.get(ADMIN, "/api/v1/users").await;
+    assert!(
+        users["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .all(|u| u["name"] != "ann"),
+        "{users}"
+    );
 }
