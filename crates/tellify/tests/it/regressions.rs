@@ -1,31 +1,16 @@
 //! Regressions found in review: ordering under concurrency, cross-user access through
 //! scripts, state of deleted rules, error shapes.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde_json::json;
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server, encode, of_rule};
+use crate::harness::{ADMIN_TOKEN as ADMIN, GATE_ARGS, Server, encode};
 
-/// Twenty clients each post twenty events at once; a rule opens one alert per event. Every
-/// accepted event must be evaluated exactly once, also after a crash and replay.
-async fn concurrent_ingest(with_emitting_script: bool) {
-    let server = Server::start().await;
-    if with_emitting_script {
-        // Its emitted events take seqs in between the ingested ones.
-        server
-            .rule(
-                ADMIN,
-                json!({"name": "chain", "kind": "script", "source": "in",
-                "script": "function handle(event, ctx){ ctx.emit('out', {n: event.n}); }"}),
-            )
-            .await;
-    }
-    server
-        .rule(
-            ADMIN,
-            json!({"name": "each", "source": "in", "when": "true", "group_by": ["n"]}),
-        )
-        .await;
-    let server = std::sync::Arc::new(server);
+/// Twenty clients each post twenty events at once, numbered from `first`.
+async fn post_concurrently(server: Server, first: u64) -> Server {
+    let server = Arc::new(server);
     let tasks: Vec<_> = (0..20)
         .map(|t| {
             let s = server.clone();
@@ -35,7 +20,7 @@ async fn concurrent_ingest(with_emitting_script: bool) {
                         ADMIN,
                         "in",
                         "application/json",
-                        &json!({"n": t * 100 + i}).to_string(),
+                        &json!({"n": first + t * 100 + i}).to_string(),
                     )
                     .await;
                 }
@@ -45,21 +30,91 @@ async fn concurrent_ingest(with_emitting_script: bool) {
     for t in tasks {
         t.await.expect("task");
     }
-    let mut server = std::sync::Arc::into_inner(server).expect("sole owner");
+    Arc::into_inner(server).expect("sole owner")
+}
+
+/// Each of `rules` has one alert per event it saw, each counting that one event: an event
+/// evaluated twice would count 2, one skipped would have no alert.
+async fn each_counted_once(server: &Server, rules: &[&str], events: usize, when: &str) {
+    for rule in rules {
+        let of = server.alerts(ADMIN, &format!("rule={rule}")).await;
+        assert_eq!(
+            of.len(),
+            events,
+            "{when}: {rule}: events accepted with 202 but never evaluated"
+        );
+        let twice: Vec<_> = of.iter().filter(|a| a["count"] != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{when}: {rule}: events evaluated more than once: {twice:#?}"
+        );
+    }
+}
+
+/// Twenty clients each post twenty events at once; a rule opens one alert per event. Every
+/// accepted event must be evaluated exactly once, live and after a crash while the engine
+/// still had them all ahead of it, which the restart replays from the log.
+async fn concurrent_ingest(with_emitting_script: bool) {
+    let server = Server::start_with(&GATE_ARGS).await;
+    let mut rules = vec!["each"];
+    if with_emitting_script {
+        // Its emitted events take seqs in between the ingested ones.
+        server
+            .rule(
+                ADMIN,
+                json!({"name": "chain", "kind": "script", "source": "in",
+                "script": "function handle(event, ctx){ ctx.emit('out', {n: event.n}); }"}),
+            )
+            .await;
+        server
+            .rule(
+                ADMIN,
+                json!({"name": "echo", "source": "out", "when": "true", "group_by": ["n"]}),
+            )
+            .await;
+        rules.push("echo");
+    }
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "each", "source": "in", "when": "true", "group_by": ["n"]}),
+        )
+        .await;
+    server.gate_rule().await;
+
+    let mut server = post_concurrently(server, 0).await;
     server.settle().await;
-    let alerts = server.alerts(ADMIN, "").await;
-    assert_eq!(
-        of_rule(&alerts, "each").len(),
-        400,
-        "events accepted with 202 but never evaluated"
+    each_counted_once(&server, &rules, 400, "live").await;
+
+    // Again, killed while the engine is still held up before the first of them.
+    let gate = server.gate(2_500).await;
+    let mut server = post_concurrently(server, 10_000).await;
+    assert!(
+        Instant::now() < gate,
+        "the posts took longer than the gate holds the engine; the kill would not be early"
     );
-    let mut server = server.crash_and_restart();
+    server.kill();
+    let at_kill = server.engine_position().await;
+    let ingested_behind = server.events_behind("in").await;
+    assert_eq!(
+        ingested_behind, 400,
+        "killed before the engine evaluated any of them: {at_kill:?}"
+    );
+    let mut server = server.restart();
     server.settle().await;
+    // The replay evaluates the log after the checkpoint, and the events the script emits
+    // for the ingested ones there.
+    let emitted = if with_emitting_script {
+        ingested_behind
+    } else {
+        0
+    };
     assert_eq!(
-        of_rule(&server.alerts(ADMIN, "").await, "each").len(),
-        400,
-        "not replayed either"
+        server.replayed_at_start(),
+        (at_kill.head - at_kill.checkpoint + emitted) as u64,
+        "the restart replayed what the engine had not evaluated: {at_kill:?}"
     );
+    each_counted_once(&server, &rules, 800, "after the replay").await;
 }
 
 /// Events ingested while the engine commits a script's emitted events were skipped.
