@@ -422,6 +422,27 @@ impl Server {
         self.advance("0s").await;
     }
 
+    /// The barrier before a negative check ("nothing more was sent"): the engine has committed
+    /// everything accepted so far, and no delivery is due or being sent, so whatever the
+    /// server sends at this instant of its clock has been sent and recorded.
+    pub async fn quiesce(&mut self) {
+        self.settle().await;
+        let mut busy = Vec::new();
+        for _ in 0..400 {
+            let all = self.deliveries(ADMIN_TOKEN, "").await;
+            busy = all
+                .iter()
+                .filter(|d| d["status"] == "sending" || due(d, &all, self.now))
+                .cloned()
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("deliveries still due or being sent: {busy:#?}");
+    }
+
     pub async fn alerts(&self, token: &str, query: &str) -> Vec<Value> {
         let (status, answer) = self
             .get(token, &format!("/api/v1/alerts?limit=1000&{query}"))
@@ -499,6 +520,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the delivery worker would send `d` now: it is pending (or held for a digest) and
+/// its time has come, and it does not wait for an earlier one to the same alert and channel
+/// (deliveries of one digest do not wait for each other).
+fn due(d: &Value, all: &[Value], now: i64) -> bool {
+    let waiting = ["pending", "held", "sending"];
+    (d["status"] == "pending" || d["status"] == "held")
+        && d["next_attempt_at"].as_i64().expect("next_attempt_at") <= now
+        && !all.iter().any(|e| {
+            e["alert_id"] == d["alert_id"]
+                && e["channel_owner"] == d["channel_owner"]
+                && e["channel"] == d["channel"]
+                && e["id"].as_str() < d["id"].as_str()
+                && waiting.iter().any(|s| e["status"] == *s)
+                && (e["digest"].is_null() || d["digest"].is_null() || e["digest"] != d["digest"])
+        })
 }
 
 /// The flags a server needs for [`Server::gate_rule`]: a script may run as long as the gate

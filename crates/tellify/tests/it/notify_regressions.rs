@@ -59,11 +59,11 @@ async fn a_restart_sends_no_extra_repeat() {
     }
     server.advance("1m").await;
     receiver.wait_for(4).await;
-    receiver.settle_at(4).await;
+    receiver.settle_at(&mut server, 4).await;
     server.terminate();
     let mut server = server.restart();
     server.settle().await;
-    receiver.settle_at(4).await;
+    receiver.settle_at(&mut server, 4).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire", "repeat", "repeat", "repeat"],
@@ -94,7 +94,7 @@ async fn a_silence_that_ends_while_down_still_releases() {
     server.settle().await;
     server.advance("1s").await;
     receiver.wait_for(1).await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire"],
@@ -138,7 +138,7 @@ async fn instance_notifies(restart: bool) {
     assert!(status.is_success(), "{status}");
     server.settle().await;
     receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire", "resolve"],
@@ -175,11 +175,11 @@ async fn a_resolve_is_not_overtaken_by_a_retried_fire() {
         .await;
     server.settle().await;
     // The resolve waits for the fire before it on this channel…
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     server.advance("1m").await;
     receiver.wait_for(3).await;
     // …then goes after it: fire (refused), fire (retried), resolve.
-    receiver.settle_at(3).await;
+    receiver.settle_at(&mut server, 3).await;
     assert_eq!(triggers(&receiver), vec!["fire", "fire", "resolve"]);
 }
 
@@ -307,7 +307,7 @@ async fn a_silence_over_an_already_notified_alert_does_not_renotify() {
     server.advance("1m").await;
     silence(&server, "hot", "2026-11-25T10:30:00Z").await;
     server.advance("40m").await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire"],
@@ -434,7 +434,7 @@ async fn a_resolve_during_a_silence_reaches_channels_told_of_the_fire() {
         .await;
     server.settle().await;
     receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     let got: Vec<(String, String)> = receiver
         .received()
         .iter()

@@ -14,6 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use crate::harness::Server;
+
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
@@ -203,9 +205,10 @@ impl Receiver {
         );
     }
 
-    /// Checks that no more than `n` requests come within a short while.
-    pub async fn settle_at(&self, n: usize) -> Vec<Received> {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    /// Checks that exactly `n` requests came once the server has nothing more to send (see
+    /// [`Server::quiesce`]).
+    pub async fn settle_at(&self, server: &mut Server, n: usize) -> Vec<Received> {
+        server.quiesce().await;
         let got = self.received();
         assert_eq!(got.len(), n, "{got:#?}");
         got
