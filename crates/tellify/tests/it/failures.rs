@@ -1,11 +1,9 @@
 //! Failure paths: a locked database, rate limits, a polite stop, rules disabled and deleted.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-
-use std::time::Instant;
 
 use crate::harness::{ADMIN_TOKEN as ADMIN, GATE_ARGS, Position, Server};
 use crate::receiver::Receiver;
@@ -137,7 +135,9 @@ async fn sigterm_stops_gracefully_and_keeps_everything() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // ...and then waits for the notification in flight.
+    // ...and then waits for the notification in flight. (Were it not to, it would exit
+    // within this bound with the delivery left `sending`; a correct stop waits for the
+    // release, so the bound costs a passing run its length once.)
     assert!(
         server
             .exited_within(Duration::from_millis(500))
@@ -197,7 +197,7 @@ async fn sigterm_stops_gracefully_and_keeps_everything() {
     assert!(stopping < stopped, "{log}");
     let warnings: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("WARN") && !l.contains("manual test clock"))
+        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("manual test clock"))
         .collect();
     assert!(warnings.is_empty(), "nothing was cut off: {warnings:#?}");
 
@@ -212,12 +212,8 @@ async fn sigterm_stops_gracefully_and_keeps_everything() {
         .deliveries_until(ADMIN, "status=sent", |d| d.len() == 51)
         .await;
     assert_eq!(sent.len(), 51);
-    let got = receiver.wait_for(51).await;
-    assert_eq!(
-        got.len(),
-        51,
-        "the one sent before the stop was not sent again"
-    );
+    // The one sent before the stop was not sent again.
+    receiver.settle_at(&mut server, 51).await;
 }
 
 #[tokio::test]

@@ -229,6 +229,8 @@ impl Server {
     /// Saves a rule on source `gate` whose every event keeps the engine busy on the wall clock
     /// until the event's `until` (epoch ms), so events sent meanwhile are accepted (202) and
     /// stored but wait in the engine's queue. The server needs `GATE_ARGS`. See [`Server::gate`].
+    /// It relies on scripts' `Date.now()` being the wall clock, not the injected one: one of
+    /// the few wall-clock waits of the suite, bounded by the `ms` a test gives.
     pub async fn gate_rule(&self) {
         self.rule(
             ADMIN_TOKEN,
