@@ -135,7 +135,7 @@ async fn pagerduty_triggers_acknowledges_and_resolves_one_incident_per_alert() {
     assert_eq!(resolve["event_action"], "resolve");
     assert_eq!(resolve["dedup_key"], id);
     assert!(resolve.get("payload").is_none());
-    receiver.settle_at(3).await;
+    receiver.settle_at(&mut server, 3).await;
 
     // Disabling the rule resolves the incidents of its open alerts.
     server
@@ -153,7 +153,7 @@ async fn pagerduty_triggers_acknowledges_and_resolves_one_incident_per_alert() {
     let disabled = pagerduty_event(&schema, &got[4]);
     assert_eq!(disabled["event_action"], "resolve");
     assert_eq!(disabled["dedup_key"], second["dedup_key"]);
-    receiver.settle_at(5).await;
+    receiver.settle_at(&mut server, 5).await;
     server
         .deliveries_until(ADMIN, "status=sent", |d| d.len() == 5)
         .await;
@@ -192,7 +192,7 @@ async fn pagerduty_refusals_are_dead_at_once_and_rate_limits_are_retried() {
         error.contains("400") && error.contains("invalid event"),
         "{error}"
     );
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
 
     // 429: rate limited; the retry gets through.
     receiver.script_json(&[(429, json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly.  Please retry later."}))]);
@@ -229,7 +229,7 @@ async fn pagerduty_refusals_are_dead_at_once_and_rate_limits_are_retried() {
         got[2].json(),
         "the retry sends the same event"
     );
-    receiver.settle_at(3).await;
+    receiver.settle_at(&mut server, 3).await;
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn a_pagerduty_digest_is_one_event_per_alert() {
         .await;
     server.advance("1m").await;
     let got = receiver.wait_for(3).await;
-    receiver.settle_at(3).await;
+    receiver.settle_at(&mut server, 3).await;
     let ids: BTreeSet<String> = server
         .alerts(ADMIN, "")
         .await
@@ -431,7 +431,7 @@ async fn slack_gets_a_fallback_text_and_block_kit_blocks() {
         .collect();
     assert!(lines.iter().any(|l| l.contains("db1 at 95%")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("db2 at 97%")), "{lines:?}");
-    receiver.settle_at(3).await;
+    receiver.settle_at(&mut server, 3).await;
 }
 
 #[tokio::test]
@@ -456,7 +456,7 @@ async fn teams_gets_an_adaptive_card_or_with_card_legacy_a_message_card() {
         .await;
     server.settle().await;
     let got = receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     let find = |path: &str| {
         got.iter()
             .find(|r| r.path == path)
@@ -592,7 +592,7 @@ async fn sms_posts_one_form_encoded_message_per_recipient_with_basic_auth() {
         .await;
     server.settle().await;
     let got = receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     let mut to = BTreeSet::new();
     for r in &got {
         assert_eq!(r.path, path);
@@ -656,7 +656,7 @@ async fn sms_posts_one_form_encoded_message_per_recipient_with_basic_auth() {
 
 #[tokio::test]
 async fn the_test_endpoint_sends_through_every_kind_and_reports_a_failing_receiver() {
-    let server = Server::start().await;
+    let mut server = Server::start().await;
     let receiver = Receiver::start().await;
     let schema = pagerduty_schema();
     let kinds = [
@@ -703,7 +703,7 @@ async fn the_test_endpoint_sends_through_every_kind_and_reports_a_failing_receiv
             ),
         }
     }
-    receiver.settle_at(kinds.len()).await;
+    receiver.settle_at(&mut server, kinds.len()).await;
 
     receiver.always(Some(500));
     for (name, _) in &kinds {

@@ -167,7 +167,7 @@ async fn rule_files_are_reloaded_when_they_change() {
         "name: one\nwhen: event.v > 1\n---\nname: two\nwhen: event.v > 2\n",
     )
     .expect("write");
-    let server = Server::start_with(&["--rules", dir.path().to_str().expect("path")]).await;
+    let mut server = Server::start_with(&["--rules", dir.path().to_str().expect("path")]).await;
     let names = |rules: serde_json::Value| -> Vec<String> {
         rules["rules"]
             .as_array()
@@ -204,7 +204,17 @@ async fn rule_files_are_reloaded_when_they_change() {
 
     // A broken file keeps the rules it had.
     std::fs::write(&file, "name: [unclosed\n").expect("write");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The barrier: the watcher has read the broken file (it says so), and the engine has
+    // applied whatever that pass asked of it.
+    let refused = "A rule file does not load; its previous rules stay.";
+    for _ in 0..250 {
+        if server.log().contains(refused) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.log().contains(refused), "{}", server.log());
+    server.settle().await;
     let (_, rules) = server.get(ADMIN, "/api/v1/rules").await;
     assert_eq!(names(rules), vec!["one", "three"]);
 }

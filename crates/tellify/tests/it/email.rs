@@ -277,6 +277,6 @@ async fn disk_usage_goes_to_work_by_day_and_home_and_sms_by_night_across_dst() {
     server.advance("5m").await;
     let mails = smtp.wait_for(4).await;
     assert_eq!(to(&mails[3]), "ann@work.test");
-    sms.settle_at(2).await;
+    sms.settle_at(&mut server, 2).await;
     assert_eq!(smtp.messages().len(), 4, "nothing else was sent");
 }

@@ -89,7 +89,10 @@ impl Server {
             .env("TELLIFY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TELLIFY_ADMIN_PASSWORD", "test-password")
             .env("TELLIFY_FAKE_CLOCK", now.to_string())
-            .env("RUST_LOG", "warn")
+            // Warnings, and the milestones tests read back: the engine's restore (how many
+            // events it replayed) and the stop ("Shutting down.", "Stopped.").
+            .env("RUST_LOG", "warn,tellify::app=info,tellify::engine=info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -137,6 +140,122 @@ impl Server {
         self.child.wait().expect("wait");
         let (dir, args, now) = (self.data_dir.clone(), self.args.clone(), self.now);
         Self::spawn(dir, args, now)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would, leaving its data as it was at
+    /// that instant for the test to read; [`Server::restart`] starts it again.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// What the server logged so far (see `spawn` for the levels), without colours.
+    pub fn log(&self) -> String {
+        let log = self.log.lock().expect("log lock").clone();
+        // Strip ANSI colour sequences, should the logger use them despite NO_COLOR.
+        let mut plain = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    }
+
+    /// How many events the engine replayed from the log when it last started: the
+    /// `replayed_events` of its latest "Engine restored." line.
+    pub fn replayed_at_start(&self) -> u64 {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("Engine restored."))
+            .unwrap_or_else(|| panic!("no \"Engine restored.\" line in the log:\n{log}"));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("replayed_events="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no replayed_events in {line}"))
+    }
+
+    /// A read-only connection to the server's SQLite database, as another process would
+    /// open it (also while the server runs, or after it was killed).
+    pub async fn database(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let db = self.data_dir.path().join("tellify.db");
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
+            .await
+            .expect("open the database")
+    }
+
+    /// Where the engine is in the event log, read from the database: its checkpoint (the last
+    /// seq it evaluated and committed) and the log's head (the last seq stored).
+    pub async fn engine_position(&self) -> Position {
+        use sqlx::Row;
+        let mut db = self.database().await;
+        let row = sqlx::query(
+            "SELECT (SELECT checkpoint FROM engine WHERE id = 1),
+                    (SELECT COALESCE(MAX(seq), 0) FROM events)",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("the engine's position");
+        Position {
+            checkpoint: row.get(0),
+            head: row.get(1),
+        }
+    }
+
+    /// The stored events after the checkpoint, by source: what a restart has to replay.
+    pub async fn events_behind(&self, source: &str) -> i64 {
+        use sqlx::Row;
+        let mut db = self.database().await;
+        sqlx::query(
+            "SELECT COUNT(*) FROM events
+             WHERE source = ? AND seq > (SELECT checkpoint FROM engine WHERE id = 1)",
+        )
+        .bind(source)
+        .fetch_one(&mut db)
+        .await
+        .expect("events behind")
+        .get(0)
+    }
+
+    /// Saves a rule on source `gate` whose every event keeps the engine busy on the wall clock
+    /// until the event's `until` (epoch ms), so events sent meanwhile are accepted (202) and
+    /// stored but wait in the engine's queue. The server needs `GATE_ARGS`. See [`Server::gate`].
+    /// It relies on scripts' `Date.now()` being the wall clock, not the injected one: one of
+    /// the few wall-clock waits of the suite, bounded by the `ms` a test gives.
+    pub async fn gate_rule(&self) {
+        self.rule(
+            ADMIN_TOKEN,
+            json!({"name": "gate", "source": "gate",
+                "when": "while (Date.now() < event.until) {} false"}),
+        )
+        .await;
+    }
+
+    /// Holds the engine for `ms` of wall time from now (see [`Server::gate_rule`]); returns
+    /// the instant it lets go. A replay of the gate event after that instant does not wait again.
+    pub async fn gate(&self, ms: u64) -> std::time::Instant {
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+            + ms;
+        self.send(
+            ADMIN_TOKEN,
+            "gate",
+            "application/json",
+            &json!({ "until": until }).to_string(),
+        )
+        .await;
+        std::time::Instant::now() + Duration::from_millis(ms)
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it to exit.
@@ -305,6 +424,27 @@ impl Server {
         self.advance("0s").await;
     }
 
+    /// The barrier before a negative check ("nothing more was sent"): the engine has committed
+    /// everything accepted so far, and no delivery is due or being sent, so whatever the
+    /// server sends at this instant of its clock has been sent and recorded.
+    pub async fn quiesce(&mut self) {
+        self.settle().await;
+        let mut busy = Vec::new();
+        for _ in 0..400 {
+            let all = self.deliveries(ADMIN_TOKEN, "").await;
+            busy = all
+                .iter()
+                .filter(|d| d["status"] == "sending" || due(d, &all, self.now))
+                .cloned()
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("deliveries still due or being sent: {busy:#?}");
+    }
+
     pub async fn alerts(&self, token: &str, query: &str) -> Vec<Value> {
         let (status, answer) = self
             .get(token, &format!("/api/v1/alerts?limit=1000&{query}"))
@@ -382,6 +522,34 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the delivery worker would send `d` now: it is pending (or held for a digest) and
+/// its time has come, and it does not wait for an earlier one to the same alert and channel
+/// (deliveries of one digest do not wait for each other).
+fn due(d: &Value, all: &[Value], now: i64) -> bool {
+    let waiting = ["pending", "held", "sending"];
+    (d["status"] == "pending" || d["status"] == "held")
+        && d["next_attempt_at"].as_i64().expect("next_attempt_at") <= now
+        && !all.iter().any(|e| {
+            e["alert_id"] == d["alert_id"]
+                && e["channel_owner"] == d["channel_owner"]
+                && e["channel"] == d["channel"]
+                && e["id"].as_str() < d["id"].as_str()
+                && waiting.iter().any(|s| e["status"] == *s)
+                && (e["digest"].is_null() || d["digest"].is_null() || e["digest"] != d["digest"])
+        })
+}
+
+/// The flags a server needs for [`Server::gate_rule`]: a script may run as long as the gate
+/// holds, and a lone owner is never throttled.
+pub const GATE_ARGS: [&str; 4] = ["--js-cpu-ms", "60000", "--js-owner-cpu-ms", "0"];
+
+/// Where the engine is in the event log; see [`Server::engine_position`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub checkpoint: i64,
+    pub head: i64,
 }
 
 pub fn encode(segment: &str) -> String {

@@ -418,5 +418,5 @@ async fn a_loop_bomb_in_a_message_template_falls_back_or_fails_visibly() {
         1,
         "the Slack message was sent"
     );
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
 }

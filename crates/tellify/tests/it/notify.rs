@@ -78,7 +78,7 @@ async fn a_webhook_gets_each_change_once_signed_with_an_idempotency_key() {
         .send(ADMIN, "disk", "text/plain", "host:a pct:96")
         .await;
     server.settle().await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     server.rule(ADMIN, json!({"name": "disk-full", "source": "disk", "when": "event.pct > 90", "group_by": ["host"],
         "resolve_when": "event.pct < 80", "severity": "critical"})).await;
     server
@@ -88,7 +88,7 @@ async fn a_webhook_gets_each_change_once_signed_with_an_idempotency_key() {
     let got = receiver.wait_for(2).await;
     assert_eq!(got[1].json()["trigger"], "resolve");
     assert_eq!(got[1].json()["alert"]["status"], "resolved");
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
 
     // The secret and URL are write-only, and sealed at rest.
     let (_, channel) = server.get(ADMIN, "/api/v1/channels/ops").await;
@@ -161,7 +161,7 @@ async fn a_receiver_that_is_down_gets_retries_with_growing_gaps_then_one_deliver
     assert_eq!(d.len(), 1);
     assert_eq!(d[0]["attempts"], 4);
     server.advance("1h").await;
-    receiver.settle_at(4).await;
+    receiver.settle_at(&mut server, 4).await;
     // All four requests carried the same idempotency key.
     let keys: Vec<_> = receiver
         .received()
@@ -204,7 +204,7 @@ async fn after_the_last_attempt_a_delivery_is_dead_and_the_retry_endpoint_sends_
             .expect("error")
             .contains("500")
     );
-    receiver.settle_at(10).await;
+    receiver.settle_at(&mut server, 10).await;
 
     receiver.always(None);
     let id = dead[0]["id"].as_str().expect("id");
@@ -327,7 +327,7 @@ async fn a_silence_mutes_then_releases_ack_stops_repeats_and_disabling_notifies(
     server
         .deliveries_until(ADMIN, "status=silenced", |d| d.len() == 1)
         .await;
-    receiver.settle_at(0).await;
+    receiver.settle_at(&mut server, 0).await;
     assert_eq!(
         server.alerts(ADMIN, "status=firing").await.len(),
         1,
@@ -365,7 +365,7 @@ async fn a_silence_mutes_then_releases_ack_stops_repeats_and_disabling_notifies(
     assert_eq!(status, StatusCode::OK);
     assert_eq!(acked["acked_by"], "admin");
     server.advance("30m").await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
 
     // Disabling the rule notifies that it was disabled.
     server
@@ -409,7 +409,7 @@ async fn subscriptions_filter_by_severity_labels_when_and_schedule() {
         .await;
     server.settle().await;
     let got = receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     let paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -428,7 +428,7 @@ async fn subscriptions_filter_by_severity_labels_when_and_schedule() {
         .await;
     server.settle().await;
     let got = receiver.wait_for(5).await;
-    receiver.settle_at(5).await;
+    receiver.settle_at(&mut server, 5).await;
     assert_eq!(got[4].path, "/home");
     assert_eq!(got[4].json()["alert"]["rule"], "disk-critical");
 }
@@ -456,13 +456,13 @@ async fn a_one_minute_digest_gangs_twenty_alerts_into_one_message() {
             .await;
         server.advance("2s").await;
     }
-    receiver.settle_at(0).await;
+    receiver.settle_at(&mut server, 0).await;
     server
         .deliveries_until(ADMIN, "status=held", |d| d.len() == 20)
         .await;
     server.advance("30s").await;
     let got = receiver.wait_for(1).await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     let body = got[0].json();
     assert_eq!(body["digest"], true);
     let keys: Vec<&str> = body["alerts"]
@@ -487,7 +487,7 @@ async fn a_one_minute_digest_gangs_twenty_alerts_into_one_message() {
         .await;
     server.advance("1m").await;
     let got = receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     assert_eq!(
         got[1].json()["alerts"].as_array().expect("alerts").len(),
         100
@@ -616,7 +616,7 @@ async fn a_digest_at_six_holds_overnight_alerts_until_six_local() {
     }
     // 04:30 local now; 05:59 local is 04:59 UTC.
     server.advance("1h29m").await;
-    receiver.settle_at(0).await;
+    receiver.settle_at(&mut server, 0).await;
     let held = server.deliveries(&ann, "status=held").await;
     assert_eq!(held.len(), 3);
     let due = chrono::DateTime::parse_from_rfc3339("2026-11-26T05:00:00Z")
@@ -628,13 +628,13 @@ async fn a_digest_at_six_holds_overnight_alerts_until_six_local() {
     );
     server.advance("1m").await;
     let got = receiver.wait_for(1).await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     assert_eq!(got[0].json()["alerts"].as_array().expect("alerts").len(), 3);
 }
 
 #[tokio::test]
 async fn a_dry_run_says_which_notifications_would_go_and_sends_none() {
-    let server = Server::start().await;
+    let mut server = Server::start().await;
     let receiver = Receiver::start().await;
     hook(&server, ADMIN, "ops", &receiver, None).await;
     hook(&server, ADMIN, "quiet", &receiver, None).await;
@@ -688,7 +688,7 @@ async fn a_dry_run_says_which_notifications_would_go_and_sends_none() {
         ],
         "{body}"
     );
-    receiver.settle_at(0).await;
+    receiver.settle_at(&mut server, 0).await;
     assert!(
         server.deliveries(ADMIN, "").await.is_empty(),
         "a dry run stores nothing"

@@ -59,11 +59,11 @@ async fn a_restart_sends_no_extra_repeat() {
     }
     server.advance("1m").await;
     receiver.wait_for(4).await;
-    receiver.settle_at(4).await;
+    receiver.settle_at(&mut server, 4).await;
     server.terminate();
     let mut server = server.restart();
     server.settle().await;
-    receiver.settle_at(4).await;
+    receiver.settle_at(&mut server, 4).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire", "repeat", "repeat", "repeat"],
@@ -94,7 +94,7 @@ async fn a_silence_that_ends_while_down_still_releases() {
     server.settle().await;
     server.advance("1s").await;
     receiver.wait_for(1).await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire"],
@@ -138,7 +138,7 @@ async fn instance_notifies(restart: bool) {
     assert!(status.is_success(), "{status}");
     server.settle().await;
     receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire", "resolve"],
@@ -175,11 +175,11 @@ async fn a_resolve_is_not_overtaken_by_a_retried_fire() {
         .await;
     server.settle().await;
     // The resolve waits for the fire before it on this channel…
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     server.advance("1m").await;
     receiver.wait_for(3).await;
     // …then goes after it: fire (refused), fire (retried), resolve.
-    receiver.settle_at(3).await;
+    receiver.settle_at(&mut server, 3).await;
     assert_eq!(triggers(&receiver), vec!["fire", "fire", "resolve"]);
 }
 
@@ -218,6 +218,8 @@ async fn a_put_without_headers_keeps_the_secret_headers() {
     );
 }
 
+/// A PUT replaces the channel; a secret left out keeps its stored value, but a plain setting
+/// left out is not kept: the PUT is refused, naming it, and the stored channel stays as it was.
 #[tokio::test]
 async fn a_put_missing_a_required_plain_setting_is_refused() {
     let server = Server::start().await;
@@ -228,15 +230,33 @@ async fn a_put_missing_a_required_plain_setting_is_refused() {
             &json!({"kind": "nats", "url": "nats://u:p@127.0.0.1:4222", "topic": "alerts"}),
         )
         .await;
-    assert!(s.is_success(), "{s} {b}");
+    assert_eq!(s, StatusCode::CREATED, "{b}");
     let (s, b) = server
         .put_json(ADMIN, "/api/v1/channels/bus", &json!({"kind": "nats"}))
         .await;
-    let (_, got) = server.get(ADMIN, "/api/v1/channels/bus").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"]["code"], "invalid_channel", "{b}");
+    let message = b["error"]["message"].as_str().expect("a message");
     assert!(
-        s == StatusCode::BAD_REQUEST || got["topic"] == "alerts",
-        "PUT answered {s} {b}; stored now: {got}"
+        message.contains("`topic`"),
+        "names the missing setting: {message}"
     );
+    let (_, got) = server.get(ADMIN, "/api/v1/channels/bus").await;
+    assert_eq!(
+        got["topic"], "alerts",
+        "the stored channel is unchanged: {got}"
+    );
+    // The control: leaving out only the secret keeps it, and the PUT goes through.
+    let (s, b) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/bus",
+            &json!({"kind": "nats", "topic": "other"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["topic"], "other", "{b}");
+    assert_eq!(b["url"], "***", "the secret kept: {b}");
 }
 
 #[tokio::test]
@@ -287,7 +307,7 @@ async fn a_silence_over_an_already_notified_alert_does_not_renotify() {
     server.advance("1m").await;
     silence(&server, "hot", "2026-11-25T10:30:00Z").await;
     server.advance("40m").await;
-    receiver.settle_at(1).await;
+    receiver.settle_at(&mut server, 1).await;
     assert_eq!(
         triggers(&receiver),
         vec!["fire"],
@@ -414,7 +434,7 @@ async fn a_resolve_during_a_silence_reaches_channels_told_of_the_fire() {
         .await;
     server.settle().await;
     receiver.wait_for(2).await;
-    receiver.settle_at(2).await;
+    receiver.settle_at(&mut server, 2).await;
     let got: Vec<(String, String)> = receiver
         .received()
         .iter()

@@ -14,6 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use crate::harness::Server;
+
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
@@ -32,7 +34,6 @@ impl Received {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     received: Vec<Received>,
     /// Answers to give, in order; when empty, 200.
@@ -41,6 +42,8 @@ struct Inner {
     always: Option<u16>,
     /// The JSON body of unscripted answers (else a short text).
     always_json: Option<Value>,
+    /// While true, requests are recorded but not answered (a receiver slow to answer).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 /// One scripted answer: a status, a Retry-After in seconds, a JSON body.
@@ -62,7 +65,19 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut inner = inner.lock().expect("lock");
+    let (answer, mut released) = {
+        let mut inner = inner.lock().expect("lock");
+        (
+            answer(&mut inner, uri, headers, body),
+            inner.held.subscribe(),
+        )
+    };
+    // Recorded at once, answered when let go.
+    let _ = released.wait_for(|held| !*held).await;
+    answer
+}
+
+fn answer(inner: &mut Inner, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
     inner.received.push(Received {
         path: uri.path().to_owned(),
         headers,
@@ -103,7 +118,13 @@ impl Receiver {
 
     /// Listens on a given address (to come back on the same port after a test stopped it).
     pub async fn start_on(addr: &str) -> Receiver {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let inner = Arc::new(Mutex::new(Inner {
+            received: Vec::new(),
+            script: VecDeque::new(),
+            always: None,
+            always_json: None,
+            held: tokio::sync::watch::Sender::new(false),
+        }));
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = Router::new().fallback(record).with_state(inner.clone());
@@ -143,6 +164,16 @@ impl Receiver {
             }));
     }
 
+    /// Records the next requests but answers none until [`Receiver::release`].
+    pub fn hold(&self) {
+        self.inner.lock().expect("lock").held.send_replace(true);
+    }
+
+    /// Answers the requests held, and the next ones at once.
+    pub fn release(&self) {
+        self.inner.lock().expect("lock").held.send_replace(false);
+    }
+
     pub fn always(&self, status: Option<u16>) {
         self.inner.lock().expect("lock").always = status;
     }
@@ -174,9 +205,10 @@ impl Receiver {
         );
     }
 
-    /// Checks that no more than `n` requests come within a short while.
-    pub async fn settle_at(&self, n: usize) -> Vec<Received> {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    /// Checks that exactly `n` requests came once the server has nothing more to send (see
+    /// [`Server::quiesce`]).
+    pub async fn settle_at(&self, server: &mut Server, n: usize) -> Vec<Received> {
+        server.quiesce().await;
         let got = self.received();
         assert_eq!(got.len(), n, "{got:#?}");
         got

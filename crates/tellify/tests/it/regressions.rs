@@ -1,31 +1,16 @@
 //! Regressions found in review: ordering under concurrency, cross-user access through
 //! scripts, state of deleted rules, error shapes.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde_json::json;
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server, encode, of_rule};
+use crate::harness::{ADMIN_TOKEN as ADMIN, GATE_ARGS, Server, encode};
 
-/// Twenty clients each post twenty events at once; a rule opens one alert per event. Every
-/// accepted event must be evaluated exactly once, also after a crash and replay.
-async fn concurrent_ingest(with_emitting_script: bool) {
-    let server = Server::start().await;
-    if with_emitting_script {
-        // Its emitted events take seqs in between the ingested ones.
-        server
-            .rule(
-                ADMIN,
-                json!({"name": "chain", "kind": "script", "source": "in",
-                "script": "function handle(event, ctx){ ctx.emit('out', {n: event.n}); }"}),
-            )
-            .await;
-    }
-    server
-        .rule(
-            ADMIN,
-            json!({"name": "each", "source": "in", "when": "true", "group_by": ["n"]}),
-        )
-        .await;
-    let server = std::sync::Arc::new(server);
+/// Twenty clients each post twenty events at once, numbered from `first`.
+async fn post_concurrently(server: Server, first: u64) -> Server {
+    let server = Arc::new(server);
     let tasks: Vec<_> = (0..20)
         .map(|t| {
             let s = server.clone();
@@ -35,7 +20,7 @@ async fn concurrent_ingest(with_emitting_script: bool) {
                         ADMIN,
                         "in",
                         "application/json",
-                        &json!({"n": t * 100 + i}).to_string(),
+                        &json!({"n": first + t * 100 + i}).to_string(),
                     )
                     .await;
                 }
@@ -45,21 +30,91 @@ async fn concurrent_ingest(with_emitting_script: bool) {
     for t in tasks {
         t.await.expect("task");
     }
-    let mut server = std::sync::Arc::into_inner(server).expect("sole owner");
+    Arc::into_inner(server).expect("sole owner")
+}
+
+/// Each of `rules` has one alert per event it saw, each counting that one event: an event
+/// evaluated twice would count 2, one skipped would have no alert.
+async fn each_counted_once(server: &Server, rules: &[&str], events: usize, when: &str) {
+    for rule in rules {
+        let of = server.alerts(ADMIN, &format!("rule={rule}")).await;
+        assert_eq!(
+            of.len(),
+            events,
+            "{when}: {rule}: events accepted with 202 but never evaluated"
+        );
+        let twice: Vec<_> = of.iter().filter(|a| a["count"] != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{when}: {rule}: events evaluated more than once: {twice:#?}"
+        );
+    }
+}
+
+/// Twenty clients each post twenty events at once; a rule opens one alert per event. Every
+/// accepted event must be evaluated exactly once, live and after a crash while the engine
+/// still had them all ahead of it, which the restart replays from the log.
+async fn concurrent_ingest(with_emitting_script: bool) {
+    let server = Server::start_with(&GATE_ARGS).await;
+    let mut rules = vec!["each"];
+    if with_emitting_script {
+        // Its emitted events take seqs in between the ingested ones.
+        server
+            .rule(
+                ADMIN,
+                json!({"name": "chain", "kind": "script", "source": "in",
+                "script": "function handle(event, ctx){ ctx.emit('out', {n: event.n}); }"}),
+            )
+            .await;
+        server
+            .rule(
+                ADMIN,
+                json!({"name": "echo", "source": "out", "when": "true", "group_by": ["n"]}),
+            )
+            .await;
+        rules.push("echo");
+    }
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "each", "source": "in", "when": "true", "group_by": ["n"]}),
+        )
+        .await;
+    server.gate_rule().await;
+
+    let mut server = post_concurrently(server, 0).await;
     server.settle().await;
-    let alerts = server.alerts(ADMIN, "").await;
-    assert_eq!(
-        of_rule(&alerts, "each").len(),
-        400,
-        "events accepted with 202 but never evaluated"
+    each_counted_once(&server, &rules, 400, "live").await;
+
+    // Again, killed while the engine is still held up before the first of them.
+    let gate = server.gate(2_500).await;
+    let mut server = post_concurrently(server, 10_000).await;
+    assert!(
+        Instant::now() < gate,
+        "the posts took longer than the gate holds the engine; the kill would not be early"
     );
-    let mut server = server.crash_and_restart();
+    server.kill();
+    let at_kill = server.engine_position().await;
+    let ingested_behind = server.events_behind("in").await;
+    assert_eq!(
+        ingested_behind, 400,
+        "killed before the engine evaluated any of them: {at_kill:?}"
+    );
+    let mut server = server.restart();
     server.settle().await;
+    // The replay evaluates the log after the checkpoint, and the events the script emits
+    // for the ingested ones there.
+    let emitted = if with_emitting_script {
+        ingested_behind
+    } else {
+        0
+    };
     assert_eq!(
-        of_rule(&server.alerts(ADMIN, "").await, "each").len(),
-        400,
-        "not replayed either"
+        server.replayed_at_start(),
+        (at_kill.head - at_kill.checkpoint + emitted) as u64,
+        "the restart replayed what the engine had not evaluated: {at_kill:?}"
     );
+    each_counted_once(&server, &rules, 800, "after the replay").await;
 }
 
 /// Events ingested while the engine commits a script's emitted events were skipped.
@@ -180,17 +235,151 @@ async fn topic_data_of_private_sources_does_not_leak_through_scripts() {
     assert!(!summary.contains("s3cr3t"), "{summary}");
 }
 
-/// Extractor rejections do not use the error shape.
+/// A malformed request: method, path, content type, body, then the answer's status, code and
+/// what its message must say.
+type Malformed<'a> = (
+    reqwest::Method,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    u16,
+    &'a str,
+    &'a [&'a str],
+);
+
+/// Extractor rejections did not use the error shape. Each malformed body is answered with
+/// the status and code of its kind and a message that says what is wrong with it, in the one
+/// shape `{"error": {"code", "message"}}` (events add the index of the bad one).
 #[tokio::test]
 async fn malformed_json_bodies_get_the_error_shape() {
     let server = Server::start().await;
-    let (status, body) = server
-        .request(
+    let json = Some("application/json");
+    let cases: [Malformed; 9] = [
+        // Through the JSON extractor: not JSON, cut short, the wrong shape, no content type.
+        (
             reqwest::Method::POST,
-            ADMIN,
             "/api/v1/rules/test",
-            Some(("application/json", "{not json".into())),
-        )
-        .await;
-    assert!(body.get("error").is_some(), "{status} {body}");
+            json,
+            "{not json",
+            400,
+            "bad_request",
+            &[
+                "Failed to parse the request body as JSON",
+                "line 1 column 2",
+            ],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/users",
+            json,
+            r#"{"name": "ann""#,
+            400,
+            "bad_request",
+            &["Failed to parse the request body as JSON", "EOF"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/users",
+            json,
+            r#"{"name": 5}"#,
+            400,
+            "bad_request",
+            &["name: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/users",
+            None,
+            r#"{"name": "ann"}"#,
+            415,
+            "unsupported_media_type",
+            &["Content-Type: application/json"],
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/channels/ops",
+            json,
+            r#"{"kind": "webhook", "url": "#,
+            400,
+            "bad_request",
+            &["Failed to parse the request body as JSON", "EOF"],
+        ),
+        // Handlers that parse the body themselves.
+        (
+            reqwest::Method::PUT,
+            "/api/v1/rules/r",
+            json,
+            "{not json",
+            400,
+            "invalid_rule",
+            &["malformed JSON", "line 1 column 2"],
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/rules/r",
+            json,
+            "[1]",
+            400,
+            "invalid_rule",
+            &["a rule must be a JSON object"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            json,
+            r#"{"user":"#,
+            400,
+            "bad_request",
+            &["invalid body", "EOF"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/events?source=s",
+            json,
+            "{not json",
+            400,
+            "bad_event",
+            &["malformed JSON", "line 1 column 2"],
+        ),
+    ];
+    for (method, path, content_type, body, status, code, says) in cases {
+        let mut req = server
+            .http
+            .request(method.clone(), format!("{}{path}", server.base))
+            .bearer_auth(ADMIN)
+            .body(body.to_owned());
+        if let Some(content_type) = content_type {
+            req = req.header("content-type", content_type);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let got = resp.status();
+        let text = resp.text().await.expect("a body");
+        let case = format!("{method} {path} {body:?}: {got} {text}");
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{case}: not JSON ({e})"));
+        assert_eq!(got.as_u16(), status, "{case}");
+        assert_eq!(answer["error"]["code"], code, "{case}");
+        let message = answer["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: no message"));
+        for said in says {
+            assert!(message.contains(said), "{case}: the message lacks {said:?}");
+        }
+        let object = answer.as_object().expect("an object");
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            ["error"],
+            "{case}: only the error"
+        );
+    }
+    // Nothing malformed was stored.
+    let (_, users) = server.get(ADMIN, "/api/v1/users").await;
+    assert!(
+        users["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .all(|u| u["name"] != "ann"),
+        "{users}"
+    );
 }
