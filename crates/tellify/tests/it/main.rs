@@ -27,3 +27,4 @@ mod regressions;
 mod secrets;
 mod smtp;
 mod storage;
+mod web;
