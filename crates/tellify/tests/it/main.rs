@@ -21,6 +21,7 @@ mod hygiene;
 mod ingest;
 mod isolation;
 mod kafka;
+mod links;
 mod notify;
 mod notify_regressions;
 mod openapi;
