@@ -28,12 +28,13 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Environment variables that are no flag's, shown under every command's help.
+/// Environment variables that are no flag's, shown under `tellify --help` and
+/// `tellify serve --help`.
 const ENVIRONMENT: &str = "\
 Environment:
   TELLIFY_ADMIN_TOKEN     `serve`, first start only: the admin's API token (else a new one is printed)
   TELLIFY_ADMIN_PASSWORD  `serve`, first start only: the admin's password (else a new one is printed)
-  RUST_LOG                `serve`: log filter, e.g. `info` or `debug,sqlx=warn` (default: info)
+  RUST_LOG                `serve`: log filter, e.g. `debug` (default: info,sqlx=warn,tower_http=warn)
 Client commands (send, rules apply/export, tokens, users) take --server / TELLIFY_SERVER and
 --token / TELLIFY_TOKEN. Documentation: docs/ in the repository; the API reference is served
 at /api/docs.";
