@@ -76,14 +76,11 @@ impl Running {
 
 /// Opens the store the settings name: the same database behind both traits.
 pub async fn open_store(args: &ServeArgs) -> Result<(Arc<dyn Store>, Arc<dyn Outbox>)> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| {
-        format!(
-            "Failed to create the data directory {}",
-            args.data_dir.display()
-        )
-    })?;
+    let data_dir = args.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
     let store = match args.database_url.as_deref() {
-        None => Arc::new(SqliteStore::open(&args.data_dir.join("tellify.db")).await?),
+        None => Arc::new(SqliteStore::open(&data_dir.join("tellify.db")).await?),
         Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::open_url(url).await?),
         Some(url) if url.starts_with("postgres") => {
             anyhow::bail!("PostgreSQL is not supported by this version yet; use sqlite://PATH")
@@ -170,12 +167,18 @@ async fn bootstrap_admin(store: &dyn Store, now: i64) -> Result<()> {
         )
         .await?;
     if env_token.is_none() || env_password.is_none() {
-        eprintln!("\nFirst start: created the user `admin`. These are shown once:");
+        eprintln!("\nFirst start: created the user `admin`. Shown once, so keep them:");
         if env_token.is_none() {
-            eprintln!("  admin API token:    {token}");
+            eprintln!("  admin API token: {token}");
+            eprintln!(
+                "    (API requests: `Authorization: Bearer TOKEN`; the tellify commands: export TELLIFY_TOKEN=TOKEN)"
+            );
         }
         if env_password.is_none() {
-            eprintln!("  admin web password: {password}");
+            eprintln!("  admin password:  {password}");
+            eprintln!(
+                "    (for the web dashboard of a later version; nothing in this one asks for it)"
+            );
         }
         eprintln!();
     }
@@ -200,7 +203,20 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         alerts: parse_duration("--history-retention", &args.history_retention)?,
     };
     let (store, outbox) = open_store(&args).await?;
-    ensure_secret_key(&args.data_dir)?;
+    let data_dir = args.data_dir();
+    // Before the first start's admin is created: a database without users is a new one.
+    let fresh = store.user_count().await? == 0;
+    if args.demo {
+        crate::demo::claim(
+            outbox.as_ref(),
+            fresh,
+            args.demo_on_existing_data,
+            clock.now(),
+        )
+        .await
+        .with_context(|| format!("--demo with the data directory {}", data_dir.display()))?;
+    }
+    ensure_secret_key(&data_dir)?;
     bootstrap_admin(store.as_ref(), clock.now()).await?;
     let metrics = Arc::new(Metrics::new());
     let (alerts, _) = broadcast::channel(4096);
@@ -227,7 +243,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     .await?;
     let ingest = Ingest::start(store.clone(), engine.clone(), metrics.clone(), owners);
     let reserve = crate::storage_watch::Reserve::new(
-        &args.data_dir,
+        &data_dir,
         args.storage_reserve_mib.saturating_mul(1024 * 1024),
     )
     .map(Arc::new);
@@ -238,7 +254,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             warn!(message = "Failed to lay down the storage reserve; a full disk will leave no room for its alert.", error = %e);
         }
     }
-    let keys = crate::crypto::SecretBox::load(&args.data_dir)?;
+    let keys = crate::crypto::SecretBox::load(&data_dir)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -378,8 +394,22 @@ async fn prune_once(store: &dyn Store, now: i64, retention: Retention) {
 
 /// Runs until `shutdown` completes.
 pub async fn run(args: ServeArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let demo = args.demo.then(|| args.data_dir());
     let running = start(args).await?;
-    eprintln!("Tellify listening on http://{}", running.addr);
+    // The first line is what scripts (and the integration tests) look for: keep its shape.
+    let base = format!("http://{}", running.addr);
+    eprintln!("Tellify listening on {base}");
+    eprintln!("  API:           {base}/api/v1/… (with `Authorization: Bearer TOKEN`)");
+    eprintln!(
+        "  API reference: {base}/api/docs (the OpenAPI document: {base}/api/v1/openapi.json)"
+    );
+    eprintln!("  health:        {base}/healthz, {base}/readyz; Prometheus metrics: {base}/metrics");
+    if let Some(dir) = demo {
+        eprintln!(
+            "  demo:          example rules and synthetic events; its data is in {}",
+            dir.display()
+        );
+    }
     shutdown.await;
     info!(message = "Shutting down.");
     running.stop().await

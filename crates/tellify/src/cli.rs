@@ -17,11 +17,27 @@ use tellify_core::rule::{self, RuleDoc, RuleSpec};
 use crate::config::ServeArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "tellify", version, about = "Self-hosted event alerting server")]
+#[command(
+    name = "tellify",
+    version,
+    about = "Self-hosted event alerting server",
+    after_help = ENVIRONMENT
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Environment variables that are no flag's, shown under `tellify --help` and
+/// `tellify serve --help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  TELLIFY_ADMIN_TOKEN     `serve`, first start only: the admin's API token (else a new one is printed)
+  TELLIFY_ADMIN_PASSWORD  `serve`, first start only: the admin's password (else a new one is printed)
+  RUST_LOG                `serve`: log filter, e.g. `debug` (default: info,sqlx=warn,tower_http=warn)
+Client commands (send, rules apply/export, tokens, users) take --server / TELLIFY_SERVER and
+--token / TELLIFY_TOKEN. Documentation: docs/ in the repository; the API reference is served
+at /api/docs.";
 
 /// Where a client command finds the server.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +53,7 @@ pub struct ServerArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
+    #[command(after_help = ENVIRONMENT)]
     Serve(ServeArgs),
     /// Send an event: `key:value` words as arguments, or JSON / NDJSON on stdin.
     Send {
@@ -64,9 +81,15 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
     /// Check rule files offline: YAML, fields, JavaScript and templates.
-    Lint { files: Vec<PathBuf> },
+    Lint {
+        /// YAML rule files (each may hold several documents: rules, templates, instances).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Run rule files over events offline and print what would fire.
     Test {
+        /// YAML rule files; instances may use templates from any of them.
+        #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Events: NDJSON (`.ndjson`/`.jsonl`), JSON (`.json`) or key:value text (other).
         #[arg(long)]
@@ -80,6 +103,8 @@ pub enum RulesCommand {
     },
     /// Show the difference between rule files and a server, then apply it.
     Apply {
+        /// YAML rule files to store as the token's user's API rules.
+        #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
@@ -99,12 +124,14 @@ pub enum RulesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// Create a token (for yourself, or as admin for `--user`).
+    /// Create a token (for yourself, or as admin for `--user`); prints it, shown this once.
     Create {
         #[command(flatten)]
         server: ServerArgs,
+        /// Admins: the user the token is for (default: yourself).
         #[arg(long)]
         user: Option<String>,
+        /// A label for the token, shown in token lists.
         #[arg(long)]
         name: Option<String>,
         /// `api` (default) or `metrics`: a token that may only read /metrics (admins).
@@ -115,21 +142,26 @@ pub enum TokensCommand {
     Revoke {
         #[command(flatten)]
         server: ServerArgs,
+        /// The token's id (printed by `tokens create`; `GET /api/v1/tokens` lists them).
         id: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
-    /// Add a user.
+    /// Add a user (then give them a token: `tellify tokens create --user NAME`).
     Add {
         #[command(flatten)]
         server: ServerArgs,
+        /// The user's name: 1 to 64 letters, digits and `._-@`.
         name: String,
+        /// The user's email address (kept with the user; email channels name their own `to`).
         #[arg(long)]
         email: Option<String>,
-        #[arg(long, default_value = "user")]
+        /// `user` (sees and manages their own objects) or `admin` (everyone's).
+        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
         role: String,
+        /// IANA time zone for the user's schedules and digests, e.g. `Europe/Berlin` [default: UTC].
         #[arg(long)]
         timezone: Option<String>,
     },

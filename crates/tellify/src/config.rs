@@ -12,24 +12,37 @@ pub struct ServeArgs {
     /// Address to serve HTTP on.
     #[arg(long, env = "TELLIFY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the SQLite database and secret key live.
-    #[arg(long, env = "TELLIFY_DATA_DIR", default_value = "./tellify-data")]
-    pub data_dir: PathBuf,
-    /// `sqlite://PATH` (default: DATA_DIR/tellify.db).
+    /// Where the SQLite database, the secret key and the storage reserve live
+    /// [default: ./tellify-data; with --demo, ./tellify-demo-data].
+    #[arg(long, env = "TELLIFY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` (default: DATA_DIR/tellify.db). `postgres://` is refused: not supported
+    /// by this version yet.
     #[arg(long, env = "TELLIFY_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// YAML file with top-level `sources`, `channels`, `smtp` and `rules` (paths).
+    /// YAML file with top-level `rules` (paths, relative to the file) and `smtp` (the SMTP
+    /// settings; stored at a start that finds none stored, after which the stored ones win:
+    /// change them with PUT /api/v1/config/smtp). This version refuses a file with `sources`
+    /// or `channels`.
     #[arg(long, env = "TELLIFY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Rule files or folders of them; loaded at start and reloaded when they change.
+    /// Rule files or folders of them (repeat the flag, or separate paths with commas): the
+    /// admin's rules, loaded at start and reloaded when the files change.
     #[arg(long = "rules", env = "TELLIFY_RULES", value_delimiter = ',')]
     pub rules: Vec<PathBuf>,
     /// `text` or `json` logs.
     #[arg(long, env = "TELLIFY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// Load example rules and feed synthetic events.
+    /// Load the example rules and feed synthetic events, in a data directory of the demo's own
+    /// (./tellify-demo-data unless --data-dir names one). A data directory that holds anything
+    /// else is refused, unless --demo-on-existing-data.
     #[arg(long, env = "TELLIFY_DEMO")]
     pub demo: bool,
+    /// With --demo: run it on a data directory that holds other data too. The example rules
+    /// are added as admin's (rules of the same name are kept as they are), and the synthetic
+    /// events reach every rule of their sources, whose alerts notify as any other.
+    #[arg(long, env = "TELLIFY_DEMO_ON_EXISTING_DATA", requires = "demo", value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo_on_existing_data: bool,
     /// Largest request body in bytes.
     #[arg(long, env = "TELLIFY_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
     pub body_limit: usize,
@@ -68,6 +81,22 @@ pub struct ServeArgs {
     #[arg(long, env = "TELLIFY_FAKE_CLOCK", hide = true)]
     pub fake_clock: Option<i64>,
 }
+
+impl ServeArgs {
+    /// The data directory: the one named, else the default (the demo's own for `--demo`).
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None if self.demo => PathBuf::from(DEMO_DATA_DIR),
+            None => PathBuf::from(DATA_DIR),
+        }
+    }
+}
+
+/// The default data directory.
+pub const DATA_DIR: &str = "./tellify-data";
+/// The default data directory of `--demo`, so a demo never writes into the user's own data.
+pub const DEMO_DATA_DIR: &str = "./tellify-demo-data";
 
 /// The config file (`--config`).
 #[derive(Debug, Default, Deserialize)]

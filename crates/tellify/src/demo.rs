@@ -1,9 +1,15 @@
 //! `tellify serve --demo`: the example rule packs and a feed of synthetic events, so a
 //! newcomer sees alerts open and resolve within seconds of the first start.
+//!
+//! The demo writes rules and events as `admin`, and its events reach every rule of their
+//! sources, whose alerts notify as any other. So it keeps to a database of its own: one it
+//! made (the `demo` setting records that), or a new one, which it then claims. A database
+//! that holds anything else is refused unless the user says otherwise
+//! (`--demo-on-existing-data`); even then a rule of the user's is never replaced by an example.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde_json::json;
 use tellify_core::rule;
 use tokio::sync::watch;
@@ -11,7 +17,39 @@ use tracing::warn;
 
 use crate::api::AppState;
 use crate::app::ADMIN;
-use crate::store::NewEvent;
+use crate::store::{NewEvent, Outbox};
+
+/// The setting that marks a database the demo made.
+const SETTING: &str = "demo";
+
+/// Makes sure the demo may run on this database: one it made before, or a new one (`fresh`:
+/// no user yet), which it marks as its own. Any other needs `on_existing_data`.
+pub async fn claim(
+    outbox: &dyn Outbox,
+    fresh: bool,
+    on_existing_data: bool,
+    now: i64,
+) -> Result<()> {
+    if outbox.get_setting(SETTING).await?.is_some() {
+        return Ok(());
+    }
+    if fresh {
+        return outbox
+            .put_setting(SETTING, &json!({"created_at": now}), now)
+            .await;
+    }
+    if on_existing_data {
+        warn!(
+            message = "Running the demo on a database that holds other data: its events reach every rule of their sources."
+        );
+        return Ok(());
+    }
+    bail!(
+        "this database holds data the demo did not make, and the demo would add its rules and \
+         feed its events to them; run the demo with its own data directory (leave out \
+         --data-dir, or name a new one), or pass --demo-on-existing-data"
+    )
+}
 
 /// The example packs shipped in `examples/`, built into the binary.
 pub const EXAMPLES: [(&str, &str); 7] = [
@@ -40,6 +78,11 @@ pub async fn start(state: AppState, shutdown: watch::Receiver<bool>) -> Result<(
     for (file, text) in EXAMPLES {
         for doc in rule::parse_yaml(text)? {
             let name = doc.name().to_owned();
+            let existing = state.store.get_rule(ADMIN, &name).await?;
+            if existing.is_some_and(|r| !r.origin.starts_with("demo:")) {
+                warn!(message = "A rule of the same name exists; the example is left out.", rule = %name);
+                continue;
+            }
             if let Err(e) = state
                 .engine
                 .put_rule(ADMIN, doc, &format!("demo:{file}"))

@@ -9,7 +9,7 @@
 //! - [`engine`] ② rules applied to events and clocks (the pure `tellify_core::eval`); alert
 //!   changes committed.
 //! - [`store`] ③ everything remembered, behind the `Store` trait.
-//! - [`api`] the HTTP API around the store; [`auth`] tokens.
+//! - [`api`] the HTTP API around the store; [`auth`] tokens; [`web`] the API reference page.
 //! - [`app`] the composition root; [`config`] settings; [`clock`] injected time;
 //!   [`rule_files`] `--rules` loading; [`demo`] `--demo`; [`cli`] the commands.
 
@@ -29,3 +29,4 @@ pub mod rule_files;
 pub mod sources;
 pub mod storage_watch;
 pub mod store;
+pub mod web;

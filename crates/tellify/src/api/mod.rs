@@ -1,4 +1,5 @@
-//! The HTTP API around the store: `/api/v1/…`, health, metrics and the OpenAPI document.
+//! The HTTP API around the store: `/api/v1/…`, health, metrics and the OpenAPI document, with
+//! the reference page that renders it (`crate::web`).
 //!
 //! [`router`] builds the whole application without a socket, so tests and `app::run` share it.
 //! Every handler takes a [`Caller`] (the authenticated user) and answers another user's
@@ -231,6 +232,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
+        .route("/", get(crate::web::root))
+        .route(crate::web::DOCS, get(crate::web::page))
+        .route("/api/docs/reference.js", get(crate::web::script))
+        .route("/api/docs/reference.css", get(crate::web::style))
         .fallback(system::not_found)
         .layer(axum::middleware::map_response(error_shape))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -17,6 +17,62 @@ fn tellify(args: &[&str]) -> std::process::Output {
         .expect("tellify runs")
 }
 
+/// Every command's help describes each of its arguments and options, `serve --help` names the
+/// variables that are no flag's, and `--config` promises nothing start-up refuses.
+#[test]
+fn help_describes_every_argument_and_option() {
+    let commands: [&[&str]; 12] = [
+        &[],
+        &["serve"],
+        &["send"],
+        &["rules", "lint"],
+        &["rules", "test"],
+        &["rules", "apply"],
+        &["rules", "export"],
+        &["tokens", "create"],
+        &["tokens", "revoke"],
+        &["users", "add"],
+        &["users", "list"],
+        &["version"],
+    ];
+    for command in commands {
+        let out = tellify(&[command, &["--help"]].concat());
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8(out.stdout).expect("UTF-8");
+        // clap lists each argument and option on a line of its own, its help after two spaces
+        // or (when some help is long) on the next line, indented further.
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let item = line.trim();
+            let listed = line.starts_with("  ") && (item.starts_with('-') || item.starts_with('<'));
+            if listed && !line.starts_with("        ") {
+                let below = lines
+                    .get(i + 1)
+                    .is_some_and(|next| next.starts_with("          ") && !next.trim().is_empty());
+                assert!(
+                    item.contains("  ") || below,
+                    "`tellify {}` has no description for `{item}`:\n{help}",
+                    command.join(" ")
+                );
+            }
+        }
+    }
+    let serve = String::from_utf8(tellify(&["serve", "--help"]).stdout).expect("UTF-8");
+    for variable in [
+        "TELLIFY_ADMIN_TOKEN",
+        "TELLIFY_ADMIN_PASSWORD",
+        "TELLIFY_DATA_DIR",
+    ] {
+        assert!(serve.contains(variable), "{variable} in:\n{serve}");
+    }
+    let config = serve
+        .split("--config")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .expect("--config is described");
+    assert!(config.contains("refuses a file with `sources`"), "{config}");
+}
+
 #[test]
 fn rules_lint_passes_the_examples_and_points_at_errors() {
     let examples: Vec<String> = std::fs::read_dir(repo_root().join("examples"))
