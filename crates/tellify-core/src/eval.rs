@@ -2033,7 +2033,16 @@ impl Evaluator {
             value,
             labels,
             links,
-            source: event.map(|e| e.source.clone()).unwrap_or_default(),
+            // An alert opened by a timer (a stopped heartbeat) has no event: its source is
+            // the rule's, when that names one source rather than a pattern.
+            source: event
+                .map(|e| e.source.clone())
+                .or_else(|| {
+                    spec.source
+                        .clone()
+                        .filter(|s| !s.contains(['*', '?', '[', '{']))
+                })
+                .unwrap_or_default(),
             run,
         };
         for e in errors {

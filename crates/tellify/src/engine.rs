@@ -997,7 +997,10 @@ impl Engine {
         {
             return Committed::default();
         }
-        let fired: Vec<(String, String)> = outcome
+        // Every alert that starts firing counts, whatever caused it: an event, a `for` that
+        // ran out on a timer (`Fire`), or a heartbeat that stopped. Sources of alerts that fire
+        // later are read from the committed alert.
+        let fired: Vec<(String, String, Option<String>)> = outcome
             .changes
             .iter()
             .filter_map(|c| match c {
@@ -1006,7 +1009,12 @@ impl Engine {
                     status: Status::Firing,
                     content,
                     ..
-                } => Some((alert.rule.clone(), content.source.clone())),
+                } => Some((
+                    alert.id.clone(),
+                    alert.rule.clone(),
+                    Some(content.source.clone()),
+                )),
+                Change::Fire { alert, .. } => Some((alert.id.clone(), alert.rule.clone(), None)),
                 _ => None,
             })
             .collect();
@@ -1036,7 +1044,15 @@ impl Engine {
         if let Some(c) = checkpoint {
             self.checkpoint = self.checkpoint.max(c);
         }
-        for (rule, source) in fired {
+        for (id, rule, source) in fired {
+            let source = source.unwrap_or_else(|| {
+                committed
+                    .alerts
+                    .iter()
+                    .find(|a| a.id == id)
+                    .map(|a| a.source.clone())
+                    .unwrap_or_default()
+            });
             metrics
                 .alerts_fired
                 .get_or_create(&RuleSourceLabel { rule, source })
