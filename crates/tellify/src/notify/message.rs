@@ -60,10 +60,9 @@ impl Notification {
                 .iter()
                 .filter(|a| a.status != "resolved")
                 .count();
-            return format!(
-                "[Tellify digest] {} alerts ({firing} firing)",
-                self.alerts.len()
-            );
+            let n = self.alerts.len();
+            let alerts = if n == 1 { "alert" } else { "alerts" };
+            return format!("[Tellify digest] {n} {alerts} ({firing} firing)");
         }
         let a = self.first();
         format!("[{}] {}: {}", trigger_word(self.trigger), a.rule, a.summary)

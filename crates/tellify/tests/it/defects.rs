@@ -1,9 +1,11 @@
 //! Defects found by using the product as its users would (issue 8, item 6): each test here
 //! failed on the code before its fix.
 
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::{ADMIN_TOKEN as ADMIN, Server, of_rule};
+use crate::receiver::Receiver;
 
 /// The value of one sample line of `/metrics`, if present.
 async fn metric(server: &Server, sample: &str) -> Option<String> {
@@ -75,4 +77,75 @@ async fn alerts_that_fire_from_a_timer_are_counted_as_fired() {
         Some("1"),
         "a stopped heartbeat counts, under the rule's source"
     );
+}
+
+#[tokio::test]
+async fn a_digest_of_one_alert_says_one_alert() {
+    let mut server = Server::start().await;
+    let receiver = Receiver::start().await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/digest",
+            &json!({"kind": "webhook", "url": receiver.url("/digest"), "body": "{{ title }}"}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "digest", "digest": {"every": "1m"}, "notify_on": ["fire"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "m", "source": "s", "when": "true", "group_by": ["n"]}),
+        )
+        .await;
+    server
+        .send(ADMIN, "s", "application/json", r#"{"n": 1}"#)
+        .await;
+    server.advance("2m").await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].body),
+        "[Tellify digest] 1 alert (1 firing)"
+    );
+    server
+        .send(ADMIN, "s", "application/json", r#"[{"n": 2}, {"n": 3}]"#)
+        .await;
+    server.advance("2m").await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got[1].body),
+        "[Tellify digest] 2 alerts (2 firing)"
+    );
+}
+
+#[tokio::test]
+async fn tokens_can_be_listed_for_one_user() {
+    let server = Server::start().await;
+    let ann = server.user("ann").await;
+    let _bob = server.user("bob").await;
+    let (status, body) = server.get(ADMIN, "/api/v1/tokens?user=ann").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let users: Vec<&str> = body["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["user"].as_str().expect("user"))
+        .collect();
+    assert_eq!(users, ["ann"], "{body}");
+    // A user may name themself, not another user.
+    let (status, body) = server.get(&ann, "/api/v1/tokens?user=ann").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tokens"].as_array().map(Vec::len), Some(1), "{body}");
+    let (status, body) = server.get(&ann, "/api/v1/tokens?user=bob").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let (status, body) = server.get(ADMIN, "/api/v1/tokens?user=nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
