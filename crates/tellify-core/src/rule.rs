@@ -103,8 +103,13 @@ pub struct RuleSpec {
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Re-rendered each time the alert folds a new event, so it follows `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// What the alert says once the rule resolves it (a geofence's "left"); the last
+    /// summary stays when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -446,6 +451,7 @@ impl RuleSpec {
         for (field, src) in [
             ("key", &self.key),
             ("summary", &self.summary),
+            ("resolve_summary", &self.resolve_summary),
             ("body", &self.body),
         ] {
             if let Some(src) = src {
@@ -498,7 +504,14 @@ pub fn instantiate(template: &Template, instance: &Instance) -> Result<RuleSpec,
     let obj = doc
         .as_object_mut()
         .expect("a template document is an object");
-    const PER_ALERT: [&str; 5] = ["summary", "body", "key", "labels", "links"];
+    const PER_ALERT: [&str; 6] = [
+        "summary",
+        "resolve_summary",
+        "body",
+        "key",
+        "labels",
+        "links",
+    ];
     for (field, value) in obj.iter_mut() {
         if PER_ALERT.contains(&field.as_str()) || field == "params" {
             continue;

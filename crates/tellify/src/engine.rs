@@ -801,6 +801,7 @@ impl Engine {
             alert: alert.clone(),
             at: now,
             reason,
+            summary: None,
         });
         true
     }

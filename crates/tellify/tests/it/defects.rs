@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server, of_rule};
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, example, of_rule};
 use crate::receiver::Receiver;
 
 /// The value of one sample line of `/metrics`, if present.
@@ -148,4 +148,83 @@ async fn tokens_can_be_listed_for_one_user() {
     assert_eq!(body["error"]["code"], "forbidden", "{body}");
     let (status, body) = server.get(ADMIN, "/api/v1/tokens?user=nobody").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn an_alerts_summary_follows_its_value_and_resolving_says_resolve_summary() {
+    let mut server = Server::start().await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "pulse", "kind": "threshold", "source": "watch", "group_by": ["who"],
+                   "when": "event.bpm > 120", "value": "event.bpm",
+                   "summary": "{{ event.who }}: pulse {{ value }} bpm",
+                   "resolve_summary": "{{ event.who }}: pulse back to {{ value }} bpm"}),
+        )
+        .await;
+    for bpm in [130, 140] {
+        server
+            .send(
+                ADMIN,
+                "watch",
+                "application/json",
+                &json!({"who": "ann", "bpm": bpm}).to_string(),
+            )
+            .await;
+        server.advance("1s").await;
+    }
+    let firing = server.alerts(ADMIN, "status=firing").await;
+    assert_eq!(firing.len(), 1, "{firing:#?}");
+    assert_eq!(firing[0]["summary"], "ann: pulse 140 bpm");
+    assert_eq!(firing[0]["value"], 140.0);
+    server
+        .send(
+            ADMIN,
+            "watch",
+            "application/json",
+            r#"{"who": "ann", "bpm": 80}"#,
+        )
+        .await;
+    server.settle().await;
+    let resolved = server.alerts(ADMIN, "status=resolved").await;
+    assert_eq!(resolved.len(), 1, "{resolved:#?}");
+    assert_eq!(resolved[0]["summary"], "ann: pulse back to 80 bpm");
+    let (status, rule) = server.get(ADMIN, "/api/v1/rules/pulse").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        rule["resolve_summary"],
+        "{{ event.who }}: pulse back to {{ value }} bpm"
+    );
+}
+
+#[tokio::test]
+async fn the_example_geofence_says_left_when_a_vehicle_leaves() {
+    let mut server = Server::start().await;
+    server.rules_from(ADMIN, &example("sensors.yaml")).await;
+    server
+        .send(
+            ADMIN,
+            "gps",
+            "application/json",
+            r#"{"vehicle": "v7", "lat": 52.52, "lon": 13.405}"#,
+        )
+        .await;
+    server.advance("1s").await;
+    let firing = server
+        .alerts(ADMIN, "status=firing&rule=geofence-depot")
+        .await;
+    assert_eq!(firing[0]["summary"], "v7 entered the depot", "{firing:#?}");
+    server
+        .send(
+            ADMIN,
+            "gps",
+            "application/json",
+            r#"{"vehicle": "v7", "lat": 52.6, "lon": 13.405}"#,
+        )
+        .await;
+    server.settle().await;
+    let resolved = server
+        .alerts(ADMIN, "status=resolved&rule=geofence-depot")
+        .await;
+    assert_eq!(resolved[0]["summary"], "v7 left the depot", "{resolved:#?}");
 }
