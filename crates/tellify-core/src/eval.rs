@@ -1719,7 +1719,7 @@ impl Evaluator {
                             summary: summary.map(str::to_owned),
                         });
                     } else {
-                        let mut content = self.content(id, &key, Some(event), None);
+                        let mut content = self.content(id, &key, Some(event), None, at);
                         if let Some(s) = spec.get("summary").and_then(Value::as_str) {
                             content.summary = s.to_owned();
                         }
@@ -1810,7 +1810,7 @@ impl Evaluator {
             (RuleKind::Absence, Some(KeyState::Absence { .. }))
                 if !self.open.contains_key(&slot) =>
             {
-                let content = self.content(id, key, None, None);
+                let content = self.content(id, key, None, None, due);
                 self.open_with(id, key, content, Status::Firing, due, due);
             }
             (RuleKind::Match, Some(KeyState::Match { .. })) => {
@@ -1920,7 +1920,7 @@ impl Evaluator {
     fn key_of(&mut self, id: RuleId, event: Option<&Event>) -> Option<String> {
         let rule = self.rules[id as usize].as_ref()?;
         if rule.templates.has("key") {
-            let ctx = self.context(id, "", event, None);
+            let ctx = self.context(id, "", event, None, event.map(|e| e.time));
             let rule = self.rules[id as usize].as_ref()?;
             let rendered = rule.templates.render("key", &ctx);
             return self
@@ -1943,12 +1943,15 @@ impl Evaluator {
         Some(rule.spec.name.clone())
     }
 
+    /// What a rule's templates see; `now` (epoch ms) is the time they are rendered at, which
+    /// the `ago` filter counts from.
     fn context(
         &self,
         id: RuleId,
         key: &str,
         event: Option<&Event>,
         value: Option<f64>,
+        now: Option<i64>,
     ) -> minijinja::Value {
         let Some(rule) = self.rules[id as usize].as_ref() else {
             return minijinja::Value::UNDEFINED;
@@ -1960,6 +1963,7 @@ impl Evaluator {
             e => crate::template::to_value(&event_value),
             source => event.map(|e| e.source.clone()),
             time => event.map(|e| e.time),
+            now => now,
             key => key,
             // A whole number reads as one (`130 bpm`, not `130.0 bpm`).
             value => value.map(|v| if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -1984,8 +1988,9 @@ impl Evaluator {
         key: &str,
         event: Option<&Event>,
         value: Option<f64>,
+        at: i64,
     ) -> Content {
-        let ctx = self.context(id, key, event, value);
+        let ctx = self.context(id, key, event, value, Some(at));
         let Some(rule) = self.rules[id as usize].as_ref() else {
             return Content::default();
         };
@@ -2072,7 +2077,7 @@ impl Evaluator {
         }
         let value = self.call_value(id, ev, at);
         let event = ev.map(|(e, _)| e);
-        let content = self.content(id, key, event, value);
+        let content = self.content(id, key, event, value, at);
         self.open_with(id, key, content, status, at, event.map_or(at, |e| e.time));
     }
 
@@ -2118,7 +2123,7 @@ impl Evaluator {
         // The summary follows the events folded in (a pulse of 140, not the 130 it opened
         // with). A check on a timer has no event to say anything new about.
         let summary = match ev {
-            Some((event, _)) => self.render_for(id, "summary", key, Some(event), value),
+            Some((event, _)) => self.render_for(id, "summary", key, Some(event), value, at),
             None => None,
         };
         self.out.changes.push(Change::Fold {
@@ -2139,11 +2144,12 @@ impl Evaluator {
         key: &str,
         event: Option<&Event>,
         value: Option<f64>,
+        at: i64,
     ) -> Option<String> {
         if !self.rules[id as usize].as_ref()?.templates.has(name) {
             return None;
         }
-        let ctx = self.context(id, key, event, value);
+        let ctx = self.context(id, key, event, value, Some(at));
         let rendered = self.rules[id as usize]
             .as_ref()?
             .templates
@@ -2172,7 +2178,7 @@ impl Evaluator {
             .is_some_and(|r| r.templates.has("resolve_summary"));
         let summary = if has && self.open.contains_key(&(id, key.to_owned())) {
             let value = ev.and_then(|_| self.call_value(id, ev, at));
-            self.render_for(id, "resolve_summary", key, ev.map(|(e, _)| e), value)
+            self.render_for(id, "resolve_summary", key, ev.map(|(e, _)| e), value, at)
         } else {
             None
         };

@@ -47,6 +47,17 @@ impl Notification {
         self.triggers.get(i).copied().unwrap_or(self.trigger)
     }
 
+    /// The time of the latest change told (a time of the alerts, not a clock read): templates
+    /// see it as `now`, the time their `ago` filter counts from.
+    pub fn at(&self) -> i64 {
+        self.alerts
+            .iter()
+            .flat_map(|a| [Some(a.last_seen), a.fired_at, a.acked_at, a.resolved_at])
+            .flatten()
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn first(&self) -> &Alert {
         self.alerts
             .first()
@@ -111,6 +122,7 @@ impl Notification {
         let ctx = tellify_core::template::to_value(serde_json::json!({
             "alert": self.first(), "alerts": self.alerts, "trigger": self.trigger.as_str(),
             "title": self.title(), "text": self.default_text(), "digest": self.digest,
+            "now": self.at(),
         }));
         tellify_core::template::render_once(template, ctx).ok()
     }

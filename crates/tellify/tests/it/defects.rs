@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server, example, of_rule};
+use crate::harness::{ADMIN_TOKEN as ADMIN, Server, example, fixture, of_rule};
 use crate::receiver::Receiver;
 
 /// The value of one sample line of `/metrics`, if present.
@@ -227,4 +227,98 @@ async fn the_example_geofence_says_left_when_a_vehicle_leaves() {
         .alerts(ADMIN, "status=resolved&rule=geofence-depot")
         .await;
     assert_eq!(resolved[0]["summary"], "v7 left the depot", "{resolved:#?}");
+}
+
+#[tokio::test]
+async fn templates_with_unknown_filters_are_refused_on_save() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/rules/r",
+            &json!({"name": "r", "source": "s", "when": "true",
+                    "summary": "{{ event.host }}\n{{ event.at | datetme('%H:%M') }}"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_rule", "{body}");
+    assert_eq!(body["error"]["field"], "summary", "{body}");
+    assert_eq!(body["error"]["line"], 2, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown filter `datetme`")),
+        "{body}"
+    );
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/rules/r",
+            &json!({"name": "r", "source": "s", "when": "true",
+                    "labels": {"host": "{{ event.host | shout }}"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "labels.host", "{body}");
+
+    // A webhook body with one would have made every delivery of the channel fail.
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/hook",
+            &json!({"kind": "webhook", "url": "http://127.0.0.1:9/x",
+                    "body": "{{ alert.summary | nope }}"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`body`") && message.contains("unknown filter `nope`"),
+        "{body}"
+    );
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/hook",
+            &json!({"kind": "webhook", "url": "http://127.0.0.1:9/x",
+                    "body": "{{ alert.first_seen | datetime('%H:%M', 'Europe/Berlin') }} {{ alert.first_seen | ago }}"}),
+        )
+        .await;
+    assert!(
+        status.is_success(),
+        "the time filters exist: {status} {body}"
+    );
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "hook", "template": "{{ alert.summary | nope }}"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`template`") && m.contains("unknown filter `nope`")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_dataos_failure_says_when_it_failed() {
+    let rules = example("dataos.yaml");
+    let mut server = Server::start_with(&["--rules", rules.to_str().expect("utf-8 path")]).await;
+    let fixture = fixture("dataos/action_lifecycle_events.ndjson");
+    let failing: Vec<&str> = fixture.lines().take(4).collect();
+    server
+        .send(ADMIN, "dataos", "application/x-ndjson", &failing.join("\n"))
+        .await;
+    server.settle().await;
+    let firing = server.alerts(ADMIN, "status=firing").await;
+    let job = of_rule(&firing, "dataos-job-failed");
+    // The run failed at 2025-11-25 10:10 UTC; the server's clock says 2026-11-25 10:00 UTC.
+    assert_eq!(
+        job[0]["body"], "wf-tmdc-01/wf-job1 failed at 2025-11-25 10:10 UTC (364 days ago)",
+        "{job:#?}"
+    );
 }
