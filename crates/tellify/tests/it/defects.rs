@@ -322,3 +322,79 @@ async fn the_dataos_failure_says_when_it_failed() {
         "{job:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_bad_schedule_silence_or_rule_field_is_named_in_the_error() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/hook",
+            &json!({"kind": "webhook", "url": "http://127.0.0.1:9/x"}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let refused = |body: &serde_json::Value| {
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "hook", "schedule": {"days": "weekdays", "from": "09:00", "to": "18:00"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_subscription");
+    let message = refused(&body);
+    assert!(
+        message
+            .starts_with("`schedule.days`: invalid type: string \"weekdays\", expected a sequence")
+            && message.contains(
+                r#"expected a window {"days": [mon, tue, …], "from": "HH:MM", "to": "HH:MM"}"#
+            )
+            && !message.contains("untagged"),
+        "{message}"
+    );
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "hook", "schedule": [{"from": "9am", "to": "18:00"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        refused(&body).starts_with("`schedule[0].from`: `9am` is not a time of day like 09:00"),
+        "{body}"
+    );
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/silences",
+            &json!({"matchers": {"rule": ["a", "b"]}, "ends_at": "2026-11-26T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_silence");
+    assert!(
+        refused(&body).starts_with("`matchers.rule`: invalid type: sequence, expected a string"),
+        "{body}"
+    );
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/rules/r",
+            &json!({"name": "r", "when": "true", "severity": "urgent"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "severity", "{body}");
+    assert!(
+        refused(&body).starts_with("`severity`: unknown variant `urgent`"),
+        "{body}"
+    );
+}
