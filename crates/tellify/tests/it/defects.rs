@@ -398,3 +398,60 @@ async fn a_bad_schedule_silence_or_rule_field_is_named_in_the_error() {
         "{body}"
     );
 }
+
+fn rules_test(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tellify"))
+        .args(["rules", "test"])
+        .args(args)
+        .output()
+        .expect("tellify runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rules_test_without_source_takes_each_rules_own() {
+    let events =
+        crate::harness::repo_root().join("crates/tellify/tests/fixtures/keyvalue/builds.txt");
+    let events = events.to_str().expect("path");
+    let builds = example("builds.yaml");
+    let builds = builds.to_str().expect("path");
+    let (ok, stdout, stderr) = rules_test(&[builds, "--events", events]);
+    assert!(ok, "{stdout}{stderr}");
+    let opened: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|c: &serde_json::Value| {
+            c["change"] == "open" && c["alert"]["rule"] == "place-failures-per-run"
+        })
+        .collect();
+    assert_eq!(opened.len(), 1, "{stdout}");
+    assert_eq!(opened[0]["alert"]["key"], "r17");
+
+    // Naming another source says why nothing matches.
+    let (ok, stdout, stderr) = rules_test(&[builds, "--events", events, "--source", "ci"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains(" 0 alert changes"), "{stdout}");
+    assert!(
+        stderr.contains("rule `place-failures-per-run` reads source `builds`, but the events come from `ci` (--source): it sees none of them"),
+        "{stderr}"
+    );
+
+    // A rule over a pattern of sources cannot guess which one the events are from.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("glob.yaml");
+    std::fs::write(
+        &rules,
+        "name: any-build\nsource: \"build*\"\nwhen: \"true\"\n",
+    )
+    .expect("write");
+    let (ok, _, stderr) = rules_test(&[rules.to_str().expect("path"), "--events", events]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("rule `any-build` reads the sources matching `build*`: say which one the events come from with --source"),
+        "{stderr}"
+    );
+}
