@@ -998,27 +998,6 @@ impl Engine {
         {
             return Committed::default();
         }
-        // Every alert that starts firing counts, whatever caused it: an event, a `for` that
-        // ran out on a timer (`Fire`), or a heartbeat that stopped. Sources of alerts that fire
-        // later are read from the committed alert.
-        let fired: Vec<(String, String, Option<String>)> = outcome
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Open {
-                    alert,
-                    status: Status::Firing,
-                    content,
-                    ..
-                } => Some((
-                    alert.id.clone(),
-                    alert.rule.clone(),
-                    Some(content.source.clone()),
-                )),
-                Change::Fire { alert, .. } => Some((alert.id.clone(), alert.rule.clone(), None)),
-                _ => None,
-            })
-            .collect();
         let deferrals_changed = !deferrals.is_empty();
         for (owner, rule, error) in &outcome.status {
             match error {
@@ -1045,20 +1024,6 @@ impl Engine {
         if let Some(c) = checkpoint {
             self.checkpoint = self.checkpoint.max(c);
         }
-        for (id, rule, source) in fired {
-            let source = source.unwrap_or_else(|| {
-                committed
-                    .alerts
-                    .iter()
-                    .find(|a| a.id == id)
-                    .map(|a| a.source.clone())
-                    .unwrap_or_default()
-            });
-            metrics
-                .alerts_fired
-                .get_or_create(&RuleSourceLabel { rule, source })
-                .inc();
-        }
         for alert in &committed.alerts {
             tracing::debug!(message = "Alert changed.", alert_id = %alert.id, rule = %alert.rule, key = %alert.key, status = %alert.status);
             // Nobody listening is fine: the stream is for whoever is connected now.
@@ -1074,13 +1039,49 @@ impl Engine {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.try_commit(&commit) {
-                Ok(done) => return done,
+                Ok(done) => {
+                    self.count_fired(&commit.changes, &done.alerts);
+                    return done;
+                }
                 Err(e) => {
                     error!(message = "Failed to commit an engine batch; retrying.", error = %format!("{e:#}"));
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// Counts every alert a committed batch made fire, whatever caused it: an event, a `for`
+    /// that ran out on a timer (`Fire`), a heartbeat that stopped, a system condition.
+    fn count_fired(&self, changes: &[Change], alerts: &[Alert]) {
+        for change in changes {
+            let (alert, source) = match change {
+                Change::Open {
+                    alert,
+                    status: Status::Firing,
+                    content,
+                    ..
+                } => (alert, content.source.clone()),
+                // Fired later than it opened: its source is the committed alert's.
+                Change::Fire { alert, .. } => (
+                    alert,
+                    alerts
+                        .iter()
+                        .find(|a| a.id == alert.id)
+                        .map(|a| a.source.clone())
+                        .unwrap_or_default(),
+                ),
+                _ => continue,
+            };
+            self.parts
+                .metrics
+                .alerts_fired
+                .get_or_create(&RuleSourceLabel {
+                    rule: alert.rule.clone(),
+                    source,
+                })
+                .inc();
         }
     }
 
