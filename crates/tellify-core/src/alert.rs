@@ -108,7 +108,7 @@ pub struct AlertKey {
     pub key: String,
 }
 
-/// What an alert says: rendered when it opens or fires.
+/// What an alert says: rendered when it opens; its summary again as it folds events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Content {
     pub severity: Severity,
@@ -172,20 +172,26 @@ pub enum Change {
     },
     /// A pending alert has held for `for` and fires now.
     Fire { alert: AlertKey, at: i64 },
-    /// Another matching event folded into the open alert: count and last-seen grow.
+    /// Another matching event folded into the open alert: count and last-seen grow, and the
+    /// summary, re-rendered with this event and value, replaces the one before.
     Fold {
         alert: AlertKey,
         at: i64,
         event_time: i64,
         value: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
     },
     /// Still firing and not acknowledged after the rule's `repeat_every`: notify again.
     Repeat { alert: AlertKey, at: i64 },
-    /// The alert is over.
+    /// The alert is over. `summary`: the rule's `resolve_summary`, rendered, when the rule
+    /// itself resolved it and has one.
     Resolve {
         alert: AlertKey,
         at: i64,
         reason: ResolveReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
     },
     /// A pending alert whose condition stopped before `for`: it never fired, so it goes.
     Discard { alert: AlertKey, at: i64 },

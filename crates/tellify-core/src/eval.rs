@@ -1523,7 +1523,7 @@ impl Evaluator {
             if self.open.contains_key(&(id, key.clone()))
                 && self.call_bool(id, f, Some((event, val)), at) == Some(true)
             {
-                self.close(id, &key, at, ResolveReason::Condition);
+                self.resolve(id, &key, Some((event, val)), at, ResolveReason::Condition);
                 self.set_state(id, &key, None);
             }
         }
@@ -1565,7 +1565,7 @@ impl Evaluator {
                 self.set_state(id, &key, None);
             }
             (false, Some(_)) => {
-                self.close(id, &key, at, ResolveReason::Condition);
+                self.resolve(id, &key, ev, at, ResolveReason::Condition);
                 self.set_state(id, &key, None);
             }
             (false, None) => {}
@@ -1640,7 +1640,7 @@ impl Evaluator {
                 None => {}
             }
         } else if open {
-            self.close(id, key, now, ResolveReason::Condition);
+            self.resolve(id, key, ev, now, ResolveReason::Condition);
         }
         if empty {
             self.set_state(id, key, None);
@@ -1656,7 +1656,7 @@ impl Evaluator {
             return;
         };
         if self.open.contains_key(&(id, key.clone())) {
-            self.close(id, &key, at, ResolveReason::Condition);
+            self.resolve(id, &key, Some((event, val)), at, ResolveReason::Condition);
         }
         self.set_state(id, &key, Some(KeyState::Absence { last: at }));
         self.schedule(id, &key, at);
@@ -1710,14 +1710,16 @@ impl Evaluator {
                         });
                     if let Some(alert) = self.open_alert(id, &key) {
                         let value = spec.get("value").and_then(as_number);
+                        let summary = spec.get("summary").and_then(Value::as_str);
                         self.out.changes.push(Change::Fold {
                             alert,
                             at,
                             event_time: event.time,
                             value,
+                            summary: summary.map(str::to_owned),
                         });
                     } else {
-                        let mut content = self.content(id, &key, Some(event), None);
+                        let mut content = self.content(id, &key, Some(event), None, at);
                         if let Some(s) = spec.get("summary").and_then(Value::as_str) {
                             content.summary = s.to_owned();
                         }
@@ -1740,7 +1742,7 @@ impl Evaluator {
                 }
                 ScriptAction::Resolve(key) => {
                     if self.open.contains_key(&(id, key.clone())) {
-                        self.close(id, &key, at, ResolveReason::Script);
+                        self.resolve(id, &key, Some((event, val)), at, ResolveReason::Script);
                     }
                 }
                 ScriptAction::Emit {
@@ -1808,12 +1810,12 @@ impl Evaluator {
             (RuleKind::Absence, Some(KeyState::Absence { .. }))
                 if !self.open.contains_key(&slot) =>
             {
-                let content = self.content(id, key, None, None);
+                let content = self.content(id, key, None, None, due);
                 self.open_with(id, key, content, Status::Firing, due, due);
             }
             (RuleKind::Match, Some(KeyState::Match { .. })) => {
                 if self.open.contains_key(&slot) {
-                    self.close(id, key, due, ResolveReason::Expired);
+                    self.resolve(id, key, None, due, ResolveReason::Expired);
                 }
                 self.set_state(id, key, None);
             }
@@ -1918,7 +1920,7 @@ impl Evaluator {
     fn key_of(&mut self, id: RuleId, event: Option<&Event>) -> Option<String> {
         let rule = self.rules[id as usize].as_ref()?;
         if rule.templates.has("key") {
-            let ctx = self.context(id, "", event, None);
+            let ctx = self.context(id, "", event, None, event.map(|e| e.time));
             let rule = self.rules[id as usize].as_ref()?;
             let rendered = rule.templates.render("key", &ctx);
             return self
@@ -1941,12 +1943,15 @@ impl Evaluator {
         Some(rule.spec.name.clone())
     }
 
+    /// What a rule's templates see; `now` (epoch ms) is the time they are rendered at, which
+    /// the `ago` filter counts from.
     fn context(
         &self,
         id: RuleId,
         key: &str,
         event: Option<&Event>,
         value: Option<f64>,
+        now: Option<i64>,
     ) -> minijinja::Value {
         let Some(rule) = self.rules[id as usize].as_ref() else {
             return minijinja::Value::UNDEFINED;
@@ -1958,8 +1963,14 @@ impl Evaluator {
             e => crate::template::to_value(&event_value),
             source => event.map(|e| e.source.clone()),
             time => event.map(|e| e.time),
+            now => now,
             key => key,
-            value => value,
+            // A whole number reads as one (`130 bpm`, not `130.0 bpm`).
+            value => value.map(|v| if v.fract() == 0.0 && v.abs() < 1e15 {
+                minijinja::Value::from(v as i64)
+            } else {
+                minijinja::Value::from(v)
+            }),
             params => crate::template::to_value(spec.params.as_ref().unwrap_or(&Value::Null)),
             rule => minijinja::context! {
                 name => &spec.name,
@@ -1977,8 +1988,9 @@ impl Evaluator {
         key: &str,
         event: Option<&Event>,
         value: Option<f64>,
+        at: i64,
     ) -> Content {
-        let ctx = self.context(id, key, event, value);
+        let ctx = self.context(id, key, event, value, Some(at));
         let Some(rule) = self.rules[id as usize].as_ref() else {
             return Content::default();
         };
@@ -2033,7 +2045,16 @@ impl Evaluator {
             value,
             labels,
             links,
-            source: event.map(|e| e.source.clone()).unwrap_or_default(),
+            // An alert opened by a timer (a stopped heartbeat) has no event: its source is
+            // the rule's, when that names one source rather than a pattern.
+            source: event
+                .map(|e| e.source.clone())
+                .or_else(|| {
+                    spec.source
+                        .clone()
+                        .filter(|s| !s.contains(['*', '?', '[', '{']))
+                })
+                .unwrap_or_default(),
             run,
         };
         for e in errors {
@@ -2056,7 +2077,7 @@ impl Evaluator {
         }
         let value = self.call_value(id, ev, at);
         let event = ev.map(|(e, _)| e);
-        let content = self.content(id, key, event, value);
+        let content = self.content(id, key, event, value, at);
         self.open_with(id, key, content, status, at, event.map_or(at, |e| e.time));
     }
 
@@ -2099,15 +2120,83 @@ impl Evaluator {
         let Some(alert) = self.open_alert(id, key) else {
             return;
         };
+        // The summary follows the events folded in (a pulse of 140, not the 130 it opened
+        // with). A check on a timer has no event to say anything new about.
+        let summary = match ev {
+            Some((event, _)) => self.render_for(id, "summary", key, Some(event), value, at),
+            None => None,
+        };
         self.out.changes.push(Change::Fold {
             alert,
             at,
             event_time: ev.map_or(at, |(e, _)| e.time),
             value,
+            summary,
         });
     }
 
+    /// Renders the template `name` of a rule for one alert; `None` if the rule has none or it
+    /// failed (the failure marks the rule, as when an alert opens).
+    fn render_for(
+        &mut self,
+        id: RuleId,
+        name: &str,
+        key: &str,
+        event: Option<&Event>,
+        value: Option<f64>,
+        at: i64,
+    ) -> Option<String> {
+        if !self.rules[id as usize].as_ref()?.templates.has(name) {
+            return None;
+        }
+        let ctx = self.context(id, key, event, value, Some(at));
+        let rendered = self.rules[id as usize]
+            .as_ref()?
+            .templates
+            .render(name, &ctx);
+        match rendered {
+            Ok(text) => text,
+            Err(e) => {
+                self.record::<()>(id, Err(ExprError::Thrown(e)));
+                None
+            }
+        }
+    }
+
+    /// The rule itself resolves an alert (its condition, a quiet period, its script): the
+    /// alert then says the rule's `resolve_summary`, rendered with the resolving event.
+    fn resolve(
+        &mut self,
+        id: RuleId,
+        key: &str,
+        ev: Option<(&Event, ValId)>,
+        at: i64,
+        reason: ResolveReason,
+    ) {
+        let has = self.rules[id as usize]
+            .as_ref()
+            .is_some_and(|r| r.templates.has("resolve_summary"));
+        let summary = if has && self.open.contains_key(&(id, key.to_owned())) {
+            let value = ev.and_then(|_| self.call_value(id, ev, at));
+            self.render_for(id, "resolve_summary", key, ev.map(|(e, _)| e), value, at)
+        } else {
+            None
+        };
+        self.close_saying(id, key, at, reason, summary);
+    }
+
     fn close(&mut self, id: RuleId, key: &str, at: i64, reason: ResolveReason) {
+        self.close_saying(id, key, at, reason, None);
+    }
+
+    fn close_saying(
+        &mut self,
+        id: RuleId,
+        key: &str,
+        at: i64,
+        reason: ResolveReason,
+        summary: Option<String>,
+    ) {
         let Some(open) = self.open.remove(&(id, key.to_owned())) else {
             return;
         };
@@ -2123,7 +2212,12 @@ impl Evaluator {
         let change = if open.status == Status::Pending && reason != ResolveReason::Manual {
             Change::Discard { alert, at }
         } else {
-            Change::Resolve { alert, at, reason }
+            Change::Resolve {
+                alert,
+                at,
+                reason,
+                summary,
+            }
         };
         self.out.changes.push(change);
     }
@@ -2674,6 +2768,49 @@ mod tests {
         );
         ev.advance(15 * MIN);
         assert_eq!(kinds(&ev.drain()), vec![("resolve", "m".into())]);
+    }
+
+    #[test]
+    fn the_summary_follows_folded_events_and_resolving_says_resolve_summary() {
+        let mut ev = with(
+            &[
+                json!({"name": "pulse", "kind": "threshold", "when": "event.bpm > 120",
+                "value": "event.bpm", "summary": "pulse {{ value }} bpm",
+                "resolve_summary": "pulse back to {{ value }} bpm"}),
+            ],
+            0,
+        );
+        ev.on_event(&event("s", json!({"bpm": 130})), 0, 0);
+        ev.on_event(&event("s", json!({"bpm": 140})), 0, 1);
+        ev.on_event(&event("s", json!({"bpm": 80})), 0, 2);
+        let changes = ev.drain().changes;
+        let said: Vec<Option<&str>> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Open { content, .. } => Some(content.summary.as_str()),
+                Change::Fold { summary, .. } | Change::Resolve { summary, .. } => {
+                    summary.as_deref()
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                Some("pulse 130 bpm"),
+                Some("pulse 140 bpm"),
+                Some("pulse back to 80 bpm")
+            ]
+        );
+        // Resolved by hand, the alert keeps its last summary: the rule did not say it is over.
+        ev.on_event(&event("s", json!({"bpm": 150})), 0, 3);
+        let open = ev.drain().changes;
+        let alert = open[0].alert().clone();
+        assert!(ev.resolve_by_hand(&alert, 4));
+        assert!(matches!(
+            &ev.drain().changes[..],
+            [Change::Resolve { summary: None, .. }]
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`subscription`]: which alert changes go to which channel, when (schedules in the
 //!   owner's time zone, digests).
 //! - [`silence`]: muting matching alerts for a time range.
+//! - [`fields`]: reading a JSON document into a type, with errors that name the field.
 //!
 //! The main types connect like this: a [`rule::RuleSpec`] is compiled into the
 //! [`eval::Evaluator`], which is fed [`event::Event`]s and clock ticks and emits
@@ -25,6 +26,7 @@ pub mod alert;
 pub mod eval;
 pub mod event;
 pub mod expr;
+pub mod fields;
 pub mod index;
 pub mod matchers;
 pub mod rule;

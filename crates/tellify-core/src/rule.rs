@@ -103,8 +103,13 @@ pub struct RuleSpec {
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Re-rendered each time the alert folds a new event, so it follows `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// What the alert says once the rule resolves it (a geofence's "left"); the last
+    /// summary stays when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -303,14 +308,19 @@ pub fn parse_doc(value: Value) -> Result<RuleDoc, RuleError> {
     if let Some(Value::String(name)) = map.get("name") {
         check_rule_name(name)?;
     }
+    // Errors name the field at fault (`field`, and in the message).
+    let invalid = |what: &str, e: crate::fields::FieldError| match e.field {
+        Some(field) => RuleError::new(Some(&field), e.message),
+        None => RuleError::new(None, format!("invalid {what}: {}", e.message)),
+    };
     if map.contains_key("from") {
-        return serde_json::from_value(value)
+        return crate::fields::from_json(value)
             .map(RuleDoc::Instance)
-            .map_err(|e| RuleError::new(None, format!("invalid rule instance: {e}")));
+            .map_err(|e| invalid("rule instance", e));
     }
-    serde_json::from_value(value)
+    crate::fields::from_json(value)
         .map(|r| RuleDoc::Rule(Box::new(r)))
-        .map_err(|e| RuleError::new(None, format!("invalid rule: {e}")))
+        .map_err(|e| invalid("rule", e))
 }
 
 /// Parses one or more rule documents (`---` between) from YAML.
@@ -446,6 +456,7 @@ impl RuleSpec {
         for (field, src) in [
             ("key", &self.key),
             ("summary", &self.summary),
+            ("resolve_summary", &self.resolve_summary),
             ("body", &self.body),
         ] {
             if let Some(src) = src {
@@ -498,7 +509,14 @@ pub fn instantiate(template: &Template, instance: &Instance) -> Result<RuleSpec,
     let obj = doc
         .as_object_mut()
         .expect("a template document is an object");
-    const PER_ALERT: [&str; 5] = ["summary", "body", "key", "labels", "links"];
+    const PER_ALERT: [&str; 6] = [
+        "summary",
+        "resolve_summary",
+        "body",
+        "key",
+        "labels",
+        "links",
+    ];
     for (field, value) in obj.iter_mut() {
         if PER_ALERT.contains(&field.as_str()) || field == "params" {
             continue;
@@ -516,10 +534,13 @@ pub fn instantiate(template: &Template, instance: &Instance) -> Result<RuleSpec,
         obj.insert("disabled".to_owned(), Value::Bool(true));
     }
     obj.insert("from".to_owned(), Value::String(template.name.clone()));
-    let rule: RuleSpec = serde_json::from_value(doc).map_err(|e| {
+    let rule: RuleSpec = crate::fields::from_json(doc).map_err(|e| {
         InstanceError::Rule(RuleError::new(
-            None,
-            format!("the template with these params is not a valid rule: {e}"),
+            e.field.as_deref(),
+            format!(
+                "the template with these params is not a valid rule: {}",
+                e.message
+            ),
         ))
     })?;
     Ok(rule)

@@ -145,11 +145,37 @@ pub struct Digest {
 }
 
 /// Either one window or a list of them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Schedule {
     One(Window),
     Many(Vec<Window>),
+}
+
+/// What a schedule looks like, for errors.
+const SCHEDULE_SHAPE: &str = r#"a window {"days": [mon, tue, …], "from": "HH:MM", "to": "HH:MM"} (in the owner's time zone) or a list of them"#;
+
+/// By hand rather than `untagged`, whose only error is "data did not match any variant": an
+/// object is one window, a list is several, and a field at fault inside says which it is.
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = Schedule;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(SCHEDULE_SHAPE)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Schedule, A::Error> {
+                Window::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Schedule::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Schedule, A::Error> {
+                Vec::<Window>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(Schedule::Many)
+            }
+        }
+        d.deserialize_any(Shape)
+    }
 }
 
 impl Schedule {
@@ -204,6 +230,27 @@ pub struct AlertFacts<'a> {
     pub labels: &'a std::collections::BTreeMap<String, String>,
 }
 
+/// What a digest looks like, for errors.
+const DIGEST_SHAPE: &str = r#"{"every": "1m"} or {"at": ["06:00", …]}"#;
+
+impl SubscriptionSpec {
+    /// Reads a subscription from JSON; an error names the field and, for a schedule or a
+    /// digest, what one looks like.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, String> {
+        crate::fields::from_json(value).map_err(|e| {
+            let shape = match e.field.as_deref() {
+                Some(f) if f.starts_with("schedule") => Some(SCHEDULE_SHAPE),
+                Some(f) if f.starts_with("digest") => Some(DIGEST_SHAPE),
+                _ => None,
+            };
+            match shape {
+                Some(shape) if !e.message.contains(shape) => format!("{e}; expected {shape}"),
+                _ => e.to_string(),
+            }
+        })
+    }
+}
+
 /// A subscription checked and ready to match.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -245,7 +292,7 @@ impl Subscription {
         }
         if let Some(t) = &spec.template {
             crate::template::Templates::compile([("template".to_owned(), t.as_str())])
-                .map_err(|e| format!("`template`: {e}"))?;
+                .map_err(|e| format!("`template`: {}", e.message))?;
         }
         if spec.notify_on.is_empty() {
             return Err(
@@ -381,6 +428,48 @@ mod tests {
         // Saturday midday.
         assert!(off.awake(ms("2026-10-24T11:00:00Z"), BERLIN));
         assert!(!work.awake(ms("2026-10-24T11:00:00Z"), BERLIN));
+    }
+
+    #[test]
+    fn a_bad_schedule_says_where_and_what_a_schedule_looks_like() {
+        let err = |v: serde_json::Value| SubscriptionSpec::from_json(v).expect_err("refused");
+        assert_eq!(
+            err(json!({"channel": "c", "schedule": "weekdays"})),
+            format!("`schedule`: invalid type: string \"weekdays\", expected {SCHEDULE_SHAPE}")
+        );
+        assert_eq!(
+            err(
+                json!({"channel": "c", "schedule": {"days": ["monday"], "from": "09:00", "to": "18:00"}})
+            ),
+            format!(
+                "`schedule.days[0]`: unknown variant `monday`, expected one of `mon`, `tue`, `wed`, `thu`, `fri`, `sat`, `sun`; expected {SCHEDULE_SHAPE}"
+            )
+        );
+        assert_eq!(
+            err(json!({"channel": "c", "schedule": [{"from": "09:00", "to": "25:00"}]})),
+            format!(
+                "`schedule[0].to`: `25:00` is not a time of day like 09:00; expected {SCHEDULE_SHAPE}"
+            )
+        );
+        assert_eq!(
+            err(json!({"channel": "c", "schedule": {"from": "09:00"}})),
+            format!("`schedule`: missing field `to`; expected {SCHEDULE_SHAPE}")
+        );
+        assert_eq!(
+            err(json!({"channel": "c", "digest": {"every": "often"}})),
+            format!(
+                "`digest.every`: `often` is not a duration like 30s, 5m or 1h: expected number at 0; expected {DIGEST_SHAPE}"
+            )
+        );
+        assert_eq!(
+            err(json!({"channel": "c", "min_severity": "urgent"})),
+            "`min_severity`: unknown variant `urgent`, expected one of `info`, `warning`, `error`, `critical`"
+        );
+        let ok = SubscriptionSpec::from_json(
+            json!({"channel": "c", "schedule": [{"from": "09:00", "to": "18:00"}]}),
+        )
+        .expect("a list of windows");
+        assert!(matches!(ok.schedule, Some(Schedule::Many(ref w)) if w.len() == 1));
     }
 
     #[test]

@@ -94,9 +94,10 @@ pub enum RulesCommand {
         /// Events: NDJSON (`.ndjson`/`.jsonl`), JSON (`.json`) or key:value text (other).
         #[arg(long)]
         events: PathBuf,
-        /// The source the events come from.
-        #[arg(long, default_value = "default")]
-        source: String,
+        /// The source the events come from. Without it, each rule sees the events as coming
+        /// from its own `source` (rules without one: from `default`).
+        #[arg(long)]
+        source: Option<String>,
         /// Time to let pass after the last event, e.g. `10m`.
         #[arg(long)]
         advance: Option<String>,
@@ -185,7 +186,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             events,
             source,
             advance,
-        }) => test(&files, &events, &source, advance.as_deref()),
+        }) => test(&files, &events, source.as_deref(), advance.as_deref()),
         command => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(client(command))
@@ -313,7 +314,55 @@ fn format_for(path: &Path) -> Format {
     }
 }
 
-fn test(files: &[PathBuf], events: &Path, source: &str, advance: Option<&str>) -> Result<ExitCode> {
+/// The source events of `rules test` come from when neither `--source` nor a rule names one.
+const TEST_SOURCE: &str = "default";
+
+/// Which rules see the events as coming from which source: all of them from `--source`, or
+/// (without it) each rule from its own `source`. A rule that reads a pattern of sources needs
+/// `--source` to say which one the events are from.
+fn test_groups(
+    rules: Vec<rule::RuleSpec>,
+    source: Option<&str>,
+) -> Result<Vec<(String, Vec<rule::RuleSpec>)>> {
+    if let Some(source) = source {
+        for r in &rules {
+            let Some(reads) = &r.source else { continue };
+            let matches = tellify_core::matchers::glob(reads)
+                .map(|g| g.is_match(source))
+                .unwrap_or(false);
+            if !matches {
+                eprintln!(
+                    "note: rule `{}` reads source `{reads}`, but the events come from `{source}` (--source): it sees none of them",
+                    r.name
+                );
+            }
+        }
+        return Ok(vec![(source.to_owned(), rules)]);
+    }
+    let mut groups: Vec<(String, Vec<rule::RuleSpec>)> = Vec::new();
+    for r in rules {
+        let source = match &r.source {
+            None => TEST_SOURCE.to_owned(),
+            Some(s) if s.contains(['*', '?', '[', '{']) => bail!(
+                "rule `{}` reads the sources matching `{s}`: say which one the events come from with --source",
+                r.name
+            ),
+            Some(s) => s.clone(),
+        };
+        match groups.iter_mut().find(|(s, _)| *s == source) {
+            Some((_, group)) => group.push(r),
+            None => groups.push((source, vec![r])),
+        }
+    }
+    Ok(groups)
+}
+
+fn test(
+    files: &[PathBuf],
+    events: &Path,
+    source: Option<&str>,
+    advance: Option<&str>,
+) -> Result<ExitCode> {
     let docs = read_docs(files)?;
     let mut rules = Vec::new();
     for (file, name, spec) in specs(&docs) {
@@ -328,27 +377,31 @@ fn test(files: &[PathBuf], events: &Path, source: &str, advance: Option<&str>) -
     let now = chrono::Utc::now().timestamp_millis();
     let objects = event::parse_body(format_for(events), &text)
         .map_err(|e| anyhow!("{}: {e}", events.display()))?;
-    let events = event::into_events(source, objects, now)
-        .map_err(|e| anyhow!("{}: {e}", events.display()))?;
     let advance_ms = advance
         .map(|a| a.parse::<rule::Duration>().map_err(|m| anyhow!(m)))
         .transpose()?
         .map_or(0, |d| d.millis());
-    let result = dry_run(Limits::default(), "cli", rules, &events, now, advance_ms)
-        .map_err(|e| anyhow!("{e}"))?;
-    for change in &result.changes {
-        println!("{}", serde_json::to_string(change)?);
-    }
-    for e in &result.errors {
-        eprintln!("rule error: {e}");
+    let (mut changes, mut errors) = (0, 0);
+    // Rules of different sources run apart: an event comes from one source.
+    for (source, rules) in test_groups(rules, source)? {
+        let events = event::into_events(&source, objects.clone(), now)
+            .map_err(|e| anyhow!("{}: {e}", events.display()))?;
+        let result = dry_run(Limits::default(), "cli", rules, &events, now, advance_ms)
+            .map_err(|e| anyhow!("{e}"))?;
+        for change in &result.changes {
+            println!("{}", serde_json::to_string(change)?);
+        }
+        for e in &result.errors {
+            eprintln!("rule error: {e}");
+        }
+        changes += result.changes.len();
+        errors += result.errors.len();
     }
     println!(
-        "{} events, {} alert changes, {} rule errors",
-        events.len(),
-        result.changes.len(),
-        result.errors.len()
+        "{} events, {changes} alert changes, {errors} rule errors",
+        objects.len()
     );
-    Ok(if result.errors.is_empty() {
+    Ok(if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

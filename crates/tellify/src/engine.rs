@@ -801,6 +801,7 @@ impl Engine {
             alert: alert.clone(),
             at: now,
             reason,
+            summary: None,
         });
         true
     }
@@ -997,19 +998,6 @@ impl Engine {
         {
             return Committed::default();
         }
-        let fired: Vec<(String, String)> = outcome
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Open {
-                    alert,
-                    status: Status::Firing,
-                    content,
-                    ..
-                } => Some((alert.rule.clone(), content.source.clone())),
-                _ => None,
-            })
-            .collect();
         let deferrals_changed = !deferrals.is_empty();
         for (owner, rule, error) in &outcome.status {
             match error {
@@ -1036,12 +1024,6 @@ impl Engine {
         if let Some(c) = checkpoint {
             self.checkpoint = self.checkpoint.max(c);
         }
-        for (rule, source) in fired {
-            metrics
-                .alerts_fired
-                .get_or_create(&RuleSourceLabel { rule, source })
-                .inc();
-        }
         for alert in &committed.alerts {
             tracing::debug!(message = "Alert changed.", alert_id = %alert.id, rule = %alert.rule, key = %alert.key, status = %alert.status);
             // Nobody listening is fine: the stream is for whoever is connected now.
@@ -1057,13 +1039,49 @@ impl Engine {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.try_commit(&commit) {
-                Ok(done) => return done,
+                Ok(done) => {
+                    self.count_fired(&commit.changes, &done.alerts);
+                    return done;
+                }
                 Err(e) => {
                     error!(message = "Failed to commit an engine batch; retrying.", error = %format!("{e:#}"));
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// Counts every alert a committed batch made fire, whatever caused it: an event, a `for`
+    /// that ran out on a timer (`Fire`), a heartbeat that stopped, a system condition.
+    fn count_fired(&self, changes: &[Change], alerts: &[Alert]) {
+        for change in changes {
+            let (alert, source) = match change {
+                Change::Open {
+                    alert,
+                    status: Status::Firing,
+                    content,
+                    ..
+                } => (alert, content.source.clone()),
+                // Fired later than it opened: its source is the committed alert's.
+                Change::Fire { alert, .. } => (
+                    alert,
+                    alerts
+                        .iter()
+                        .find(|a| a.id == alert.id)
+                        .map(|a| a.source.clone())
+                        .unwrap_or_default(),
+                ),
+                _ => continue,
+            };
+            self.parts
+                .metrics
+                .alerts_fired
+                .get_or_create(&RuleSourceLabel {
+                    rule: alert.rule.clone(),
+                    source,
+                })
+                .inc();
         }
     }
 

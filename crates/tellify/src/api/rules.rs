@@ -430,17 +430,30 @@ fn would_notify(
                 }
                 Some((Trigger::Fire, *at))
             }
-            Change::Fold { at, value, .. } => {
+            Change::Fold {
+                at, value, summary, ..
+            } => {
                 if let Some(a) = alerts.get_mut(&id) {
                     a.count += 1;
                     a.last_seen = *at;
                     a.value = value.or(a.value);
+                    if let Some(s) = summary {
+                        a.summary.clone_from(s);
+                    }
                 }
                 None
             }
             Change::Repeat { at, .. } => Some((Trigger::Repeat, *at)),
-            Change::Resolve { at, reason, .. } => {
+            Change::Resolve {
+                at,
+                reason,
+                summary,
+                ..
+            } => {
                 if let Some(a) = alerts.get_mut(&id) {
+                    if let Some(s) = summary {
+                        a.summary.clone_from(s);
+                    }
                     a.status = "resolved".into();
                     a.resolved_at = Some(*at);
                     a.resolve_reason = Some(reason.message().to_owned());

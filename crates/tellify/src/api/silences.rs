@@ -72,8 +72,11 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Json(body): Json<NewSilence>,
+    Json(body): Json<Value>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    // Read here rather than by the extractor, so an error names the field in our words.
+    let body: NewSilence = tellify_core::fields::from_json(body)
+        .map_err(|e| ApiError::bad_request("invalid_silence", e.to_string()))?;
     let now = state.clock.now();
     let starts_at = match &body.starts_at {
         Some(t) => time("starts_at", t)?,

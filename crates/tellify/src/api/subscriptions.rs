@@ -26,8 +26,8 @@ async fn checked(state: &AppState, owner: &str, mut body: Value) -> ApiResult<Va
             m.remove(f);
         }
     }
-    let spec: SubscriptionSpec = serde_json::from_value(body)
-        .map_err(|e| ApiError::bad_request("invalid_subscription", e.to_string()))?;
+    let spec = SubscriptionSpec::from_json(body)
+        .map_err(|m| ApiError::bad_request("invalid_subscription", m))?;
     Dispatcher::check(state.limits, &spec)
         .map_err(|m| ApiError::bad_request("invalid_subscription", m))?;
     let own = state

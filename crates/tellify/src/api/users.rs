@@ -266,15 +266,36 @@ pub async fn create_token(
     ))
 }
 
+/// `GET /api/v1/tokens?user=NAME`: one user's tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFilter {
+    pub user: Option<String>,
+}
+
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "users",
-    responses((status = 200, description = "the caller's tokens (admins: all), never their values", body = ref("#/components/schemas/TokenList"))))]
+    params(("user" = Option<String>, Query, description = "only this user's tokens (another user's: admins only)")),
+    responses((status = 200, description = "the caller's tokens (admins: all, or those of `user`), never their values", body = ref("#/components/schemas/TokenList")),
+              (status = 403, description = "`user` names another user and the caller is not an admin"),
+              (status = 404, description = "no such user")))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    _: Query<NoParams>,
+    Query(filter): Query<TokenFilter>,
 ) -> ApiResult<Json<Value>> {
+    let user = match filter.user.as_deref().filter(|u| !u.is_empty()) {
+        // Without a filter: the caller's own tokens, or every token for an admin.
+        None => caller.scope(),
+        Some(named) => {
+            let user = caller.acting_for(Some(named))?;
+            if state.store.get_user(&user).await?.is_none() {
+                return Err(ApiError::not_found("user"));
+            }
+            Some(user)
+        }
+    };
     Ok(Json(
-        json!({ "tokens": state.store.list_tokens(caller.scope().as_deref()).await? }),
+        json!({ "tokens": state.store.list_tokens(user.as_deref()).await? }),
     ))
 }
 

@@ -47,6 +47,17 @@ impl Notification {
         self.triggers.get(i).copied().unwrap_or(self.trigger)
     }
 
+    /// The time of the latest change told (a time of the alerts, not a clock read): templates
+    /// see it as `now`, the time their `ago` filter counts from.
+    pub fn at(&self) -> i64 {
+        self.alerts
+            .iter()
+            .flat_map(|a| [Some(a.last_seen), a.fired_at, a.acked_at, a.resolved_at])
+            .flatten()
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn first(&self) -> &Alert {
         self.alerts
             .first()
@@ -60,10 +71,9 @@ impl Notification {
                 .iter()
                 .filter(|a| a.status != "resolved")
                 .count();
-            return format!(
-                "[Tellify digest] {} alerts ({firing} firing)",
-                self.alerts.len()
-            );
+            let n = self.alerts.len();
+            let alerts = if n == 1 { "alert" } else { "alerts" };
+            return format!("[Tellify digest] {n} {alerts} ({firing} firing)");
         }
         let a = self.first();
         format!("[{}] {}: {}", trigger_word(self.trigger), a.rule, a.summary)
@@ -112,6 +122,7 @@ impl Notification {
         let ctx = tellify_core::template::to_value(serde_json::json!({
             "alert": self.first(), "alerts": self.alerts, "trigger": self.trigger.as_str(),
             "title": self.title(), "text": self.default_text(), "digest": self.digest,
+            "now": self.at(),
         }));
         tellify_core::template::render_once(template, ctx).ok()
     }

@@ -51,6 +51,7 @@ impl Notifier for Webhook {
                 let ctx = tellify_core::template::to_value(json!({
                     "trigger": n.trigger.as_str(), "alert": n.first(), "alerts": n.alerts,
                     "title": n.title(), "text": n.text(), "digest": n.digest,
+                    "now": n.at(),
                 }));
                 let rendered = tellify_core::template::render_once(template, ctx)
                     .map_err(NotifyError::permanent)?;

@@ -286,6 +286,8 @@ struct FoldSum {
     count: i64,
     last_seen: i64,
     value: Option<f64>,
+    /// The summary rendered for the last event folded in.
+    summary: Option<String>,
 }
 
 async fn history(
@@ -366,17 +368,25 @@ async fn apply_change(tx: &mut SqliteConnection, change: &Change) -> Result<bool
             history(tx, alert, *at, "firing", row.get::<&str, _>(0)).await?;
             Ok(true)
         }
-        Change::Resolve { alert, at, reason } => {
-            let done = sqlx::query("UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = ? WHERE id = ? AND status != 'resolved'")
+        Change::Resolve {
+            alert,
+            at,
+            reason,
+            summary,
+        } => {
+            let done = sqlx::query("UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = ?, summary = COALESCE(?, summary) WHERE id = ? AND status != 'resolved'")
                 .bind(at)
                 .bind(reason.message())
+                .bind(summary)
                 .bind(&alert.id)
                 .execute(&mut *tx)
                 .await?;
             if done.rows_affected() == 0 {
                 return Ok(false);
             }
-            history(tx, alert, *at, "resolved", reason.message()).await?;
+            // The history says what the rule said on resolving, else why it resolved.
+            let message = summary.as_deref().unwrap_or(reason.message());
+            history(tx, alert, *at, "resolved", message).await?;
             Ok(true)
         }
         Change::Discard { alert, .. } => {
@@ -481,7 +491,11 @@ async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result
         let mut folds: HashMap<AlertKey, FoldSum> = HashMap::new();
         for change in &commit.changes {
             if let Change::Fold {
-                alert, at, value, ..
+                alert,
+                at,
+                value,
+                summary,
+                ..
             } = change
             {
                 let sum = folds.entry(alert.clone()).or_default();
@@ -489,6 +503,9 @@ async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result
                 sum.last_seen = sum.last_seen.max(*at);
                 if value.is_some() {
                     sum.value = *value;
+                }
+                if summary.is_some() {
+                    sum.summary.clone_from(summary);
                 }
                 continue;
             }
@@ -612,10 +629,11 @@ async fn told_of_fire(tx: &mut SqliteConnection, alert_ids: &[String]) -> Result
 }
 
 async fn flush_fold(tx: &mut SqliteConnection, alert: &AlertKey, fold: FoldSum) -> Result<()> {
-    sqlx::query("UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value) WHERE id = ?")
+    sqlx::query("UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value), summary = COALESCE(?, summary) WHERE id = ?")
         .bind(fold.count)
         .bind(fold.last_seen)
         .bind(fold.value)
+        .bind(&fold.summary)
         .bind(&alert.id)
         .execute(&mut *tx)
         .await?;

@@ -11,6 +11,7 @@ mod channels;
 mod cli;
 mod core_flows;
 mod crash;
+mod defects;
 mod demo;
 mod drain;
 mod email;
