@@ -74,6 +74,32 @@ impl Running {
     }
 }
 
+/// The server's listener, telling `closed` when axum drops it: at a graceful stop, once no new
+/// connection will be accepted.
+struct Closing {
+    inner: tokio::net::TcpListener,
+    closed: watch::Sender<bool>,
+}
+
+impl axum::serve::Listener for Closing {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        axum::serve::Listener::accept(&mut self.inner).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let _ = self.closed.send(true);
+    }
+}
+
 /// Opens the store the settings name: the same database behind both traits.
 pub async fn open_store(args: &ServeArgs) -> Result<(Arc<dyn Store>, Arc<dyn Outbox>)> {
     let data_dir = args.data_dir();
@@ -261,6 +287,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .context("Failed to build the HTTP client")?;
     let smtp = load_smtp(outbox.as_ref(), &keys, file.smtp.clone(), clock.now()).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Live streams end once the server has stopped accepting (its listener is dropped), so no
+    // new request slips in between a stream's end and the stop.
+    let (closed, closed_rx) = watch::channel(false);
     let notifiers = crate::notify::notifiers(http, smtp.clone());
     let state = AppState {
         store: store.clone(),
@@ -279,7 +308,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         rate_limit: args.rate_limit,
         buckets: Arc::new(Mutex::new(HashMap::new())),
         fake_clock: args.fake_clock.is_some(),
-        shutdown: shutdown_rx.clone(),
+        shutdown: closed_rx,
         revocations: Arc::new(watch::Sender::new(0)),
         metrics_public: args.metrics_public,
     };
@@ -325,6 +354,10 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .await
         .with_context(|| format!("Failed to listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let listener = Closing {
+        inner: listener,
+        closed,
+    };
     let app = api::router(state.clone());
     let mut stop = shutdown_rx.clone();
     let server = tokio::spawn(async move {

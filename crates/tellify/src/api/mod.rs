@@ -63,7 +63,8 @@ pub struct AppState {
     pub buckets: Arc<Mutex<HashMap<String, (f64, i64)>>>,
     /// Whether the test clock endpoint is mounted (`TELLIFY_FAKE_CLOCK`).
     pub fake_clock: bool,
-    /// Becomes `true` when the server stops: live streams end so the stop can drain.
+    /// Becomes `true` once a stopping server accepts no new connection: live streams end so
+    /// the stop can drain.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Bumped whenever a token is revoked: live streams check that theirs still stands.
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
@@ -174,7 +175,15 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{source}", get(system::get_topic))
         .route("/sources", get(system::list_sources))
         .route("/rules", get(rules::list_rules))
-        .route("/rules/test", post(rules::test_unsaved))
+        // The dry run of an unsaved rule; a rule named `test` is still read, saved and deleted
+        // at the same path.
+        .route(
+            "/rules/test",
+            post(rules::test_unsaved)
+                .get(rules::get_rule_named_test)
+                .put(rules::put_rule_named_test)
+                .delete(rules::delete_rule_named_test),
+        )
         .route(
             "/rules/{name}",
             get(rules::get_rule)
@@ -227,27 +236,30 @@ pub fn router(state: AppState) -> Router {
     if state.fake_clock {
         api = api.route("/_test/clock", post(system::advance_clock));
     }
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
-        .route("/metrics", get(system::metrics))
-        .route("/", get(crate::web::root))
-        .route(crate::web::DOCS, get(crate::web::page))
-        .route("/api/docs/reference.js", get(crate::web::script))
-        .route("/api/docs/reference.css", get(crate::web::style))
-        .fallback(system::not_found)
-        .layer(axum::middleware::map_response(error_shape))
-        .layer(DefaultBodyLimit::max(body_limit))
-        // Answers that are failures are logged where they are made (internal errors with their
-        // cause, storage trouble once per spell); logging each 5xx again here flooded the log
-        // while a full disk refused thousands of events a second.
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().on_failure(
+    let app =
+        Router::new()
+            .nest("/api/v1", api)
+            .route("/healthz", get(system::healthz))
+            .route("/readyz", get(system::readyz))
+            .route("/metrics", get(system::metrics))
+            .route("/", get(crate::web::root))
+            .route(crate::web::DOCS, get(crate::web::page))
+            .route("/api/docs/reference.js", get(crate::web::script))
+            .route("/api/docs/reference.css", get(crate::web::style))
+            .fallback(system::not_found)
+            .layer(DefaultBodyLimit::max(body_limit))
+            // Answers that are failures are logged where they are made (internal errors with their
+            // cause, storage trouble once per spell); logging each 5xx again here flooded the log
+            // while a full disk refused thousands of events a second.
+            .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(
                 tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
-        )
-        .with_state(state)
+            ))
+            .with_state(state);
+    // Outside the routes: a route's `405` gets its `Allow` header after the route's own
+    // layers have run, and the message names what the endpoint answers.
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::map_response(error_shape))
 }
 
 /// Answers that axum makes itself — `405` (with its `Allow` header), `413` from the body limit,

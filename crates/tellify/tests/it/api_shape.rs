@@ -54,7 +54,53 @@ async fn an_unsupported_method_answers_405_in_the_error_shape_with_allow() {
             allow.contains("GET") || allow.contains("POST"),
             "{method} {path}: {allow}"
         );
+        // The message tells people what the endpoint answers, as the header does.
+        let message = body["error"]["message"].as_str().expect("a message");
+        assert!(
+            message.ends_with(&format!("it answers {allow}")),
+            "{method} {path}: {message}"
+        );
     }
+}
+
+/// `/api/v1/rules/test` is also the dry run of an unsaved rule (a `POST`): a rule named `test`
+/// is still read, replaced and deleted there.
+#[tokio::test]
+async fn a_rule_named_test_is_reachable_beside_the_dry_run() {
+    let server = Server::start().await;
+    let rule = json!({"name": "test", "source": "s", "when": "event.v > 1"});
+    let (status, body) = server.put_json(ADMIN, "/api/v1/rules/test", &rule).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server.get(ADMIN, "/api/v1/rules/test").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "test");
+    assert_eq!(body["when"], "event.v > 1");
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/rules/test",
+            &json!({"name": "test", "source": "s", "when": "event.v > 2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/rules/test",
+            &json!({"rule": rule, "events": [{"v": 2}]}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the dry run still answers there: {body}"
+    );
+    let (status, _) = server
+        .request(Method::DELETE, ADMIN, "/api/v1/rules/test", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server.get(ADMIN, "/api/v1/rules/test").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
