@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::access::Access;
 use crate::alert::{AlertKey, Change, Content, ResolveReason, Status, as_number};
 use crate::event::{Event, lookup};
 use crate::expr::{Arg, ExprError, FnId, Limits, Sandbox, ScriptAction, ValId};
@@ -51,63 +52,6 @@ pub const MAX_BACKOFF_MS: i64 = 300_000;
 pub fn backoff_ms(failures: u32) -> i64 {
     let doublings = failures.saturating_sub(1).min(20);
     (FIRST_BACKOFF_MS << doublings).min(MAX_BACKOFF_MS)
-}
-
-/// Who may read which source: the owner, anyone when public, admins always.
-#[derive(Debug, Default, Clone)]
-pub struct Access {
-    admins: HashSet<String>,
-    sources: HashMap<String, (String, bool)>,
-}
-
-impl Access {
-    pub fn set_admin(&mut self, user: &str, admin: bool) {
-        if admin {
-            self.admins.insert(user.to_owned());
-        } else {
-            self.admins.remove(user);
-        }
-    }
-
-    /// Records the owner of a source and whether it is public.
-    pub fn set_source(&mut self, source: &str, owner: &str, public: bool) {
-        self.sources
-            .insert(source.to_owned(), (owner.to_owned(), public));
-    }
-
-    /// Records a source's owner unless it already has one: the first poster owns it.
-    pub fn set_source_if_new(&mut self, source: &str, owner: &str) {
-        self.sources
-            .entry(source.to_owned())
-            .or_insert_with(|| (owner.to_owned(), false));
-    }
-
-    /// Whether `user` may put events into `source`: its owner, an admin, or anyone for a
-    /// source nobody has claimed (they claim it).
-    pub fn may_write(&self, user: &str, source: &str) -> bool {
-        self.admins.contains(user)
-            || self
-                .sources
-                .get(source)
-                .is_none_or(|(owner, _)| owner == user)
-    }
-
-    pub fn has_source(&self, source: &str) -> bool {
-        self.sources.contains_key(source)
-    }
-
-    pub fn is_admin(&self, user: &str) -> bool {
-        self.admins.contains(user)
-    }
-
-    /// Whether `user` may read events of `source`. A source nobody claimed yet is open.
-    pub fn can_read(&self, user: &str, source: &str) -> bool {
-        self.admins.contains(user)
-            || match self.sources.get(source) {
-                None => true,
-                Some((owner, public)) => *public || owner == user,
-            }
-    }
 }
 
 /// Reads engine time for the per-owner budget: a monotonic count of nanoseconds. The server

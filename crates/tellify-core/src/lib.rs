@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`access`]: who may put events into a source and read them (ingest, API and engine).
 //! - [`event`]: events and the parsers for JSON, NDJSON and `key:value` text bodies.
 //! - [`rule`]: rule documents as users write them (YAML/JSON), validation, templates of rules.
 //! - [`expr`]: the JavaScript sandbox (QuickJS through rquickjs) with CPU and memory budgets.
@@ -22,6 +23,7 @@
 //! [`eval::Evaluator`], which is fed [`event::Event`]s and clock ticks and emits
 //! [`alert::Change`]s plus per-(rule, key) state for the caller to store.
 
+pub mod access;
 pub mod alert;
 pub mod eval;
 pub mod event;

@@ -1209,7 +1209,7 @@ fn check_topic_access(
 /// Templates by (owner, name), each with whether its owner is an admin (shared templates).
 type TemplateTable = HashMap<(String, String), (rule::Template, bool)>;
 
-fn template_table(rules: &[StoredRule], access: &tellify_core::eval::Access) -> TemplateTable {
+fn template_table(rules: &[StoredRule], access: &tellify_core::access::Access) -> TemplateTable {
     rules
         .iter()
         .filter_map(|r| match rule::parse_doc(r.doc.clone()) {

@@ -8,10 +8,10 @@
 
 pub mod http;
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
+use tellify_core::access::Sources;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, error};
 
@@ -43,36 +43,29 @@ struct Job {
 }
 
 /// Who owns each source and whether it is public; shared by ingest, the engine and the API.
+/// The rules are [`tellify_core::access::Sources`]'s, the same the engine's evaluator asks.
 #[derive(Clone, Default)]
-pub struct Owners(Arc<RwLock<HashMap<String, (String, bool)>>>);
+pub struct Owners(Arc<RwLock<Sources>>);
 
 impl Owners {
     pub async fn load(store: &dyn Store) -> Result<Self> {
-        let map = store
-            .sources()
-            .await?
-            .into_iter()
-            .map(|s| (s.name, (s.owner, s.visibility == "public")))
-            .collect();
-        Ok(Self(Arc::new(RwLock::new(map))))
+        let mut sources = Sources::default();
+        for s in store.sources().await? {
+            sources.set(&s.name, &s.owner, s.visibility == "public");
+        }
+        Ok(Self(Arc::new(RwLock::new(sources))))
     }
 
     /// Records `owner` for `source` unless it has one; returns whether it was new.
     pub fn claim(&self, source: &str, owner: &str) -> bool {
-        let mut map = self.0.write().expect("the owners lock is never poisoned");
-        if map.contains_key(source) {
-            return false;
-        }
-        map.insert(source.to_owned(), (owner.to_owned(), false));
-        true
+        self.0
+            .write()
+            .expect("the owners lock is never poisoned")
+            .claim(source, owner)
     }
 
-    fn get(&self, source: &str) -> Option<(String, bool)> {
-        self.0
-            .read()
-            .expect("the owners lock is never poisoned")
-            .get(source)
-            .cloned()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Sources> {
+        self.0.read().expect("the owners lock is never poisoned")
     }
 }
 
@@ -97,25 +90,18 @@ impl Ingest {
         Self { tx, owners }
     }
 
-    /// Whether `user` may send events to `source`: its owner, an admin, or anyone for a source
-    /// nobody has claimed yet (they claim it).
+    /// Whether `user` may send events to `source` ([`Sources::may_write`]).
     pub fn may_write(&self, user: &User, source: &str) -> bool {
-        if user.is_admin() {
-            return true;
-        }
         self.owners
-            .get(source)
-            .is_none_or(|(owner, _)| owner == user.name)
+            .read()
+            .may_write(&user.name, user.is_admin(), source)
     }
 
-    /// Whether `user` may read events of `source`.
+    /// Whether `user` may read events of `source` ([`Sources::may_read`]).
     pub fn may_read(&self, user: &User, source: &str) -> bool {
-        if user.is_admin() {
-            return true;
-        }
         self.owners
-            .get(source)
-            .is_some_and(|(owner, public)| public || owner == user.name)
+            .read()
+            .may_read(&user.name, user.is_admin(), source)
     }
 
     /// Stores events durably; returns how many once they are committed.
