@@ -1,10 +1,12 @@
-//! The `kafka` channel against a real Kafka-protocol broker: tansu (crates.io, Apache Kafka
-//! API compatible, in-memory storage), installed by scripts/test and started here per test.
+//! The `kafka` channel against a real Kafka-protocol broker: noida-db's (PyPI, shipped built),
+//! installed by scripts/test and started here per test, on its own port and data directory.
 //! A separate rdkafka consumer reads back what Tellify produced.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -12,59 +14,51 @@ use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port, unique};
 
-/// The broker binary: `TELLIFY_TEST_TANSU`, else where scripts/test installs it, else `tansu`
-/// on the PATH.
-fn tansu() -> String {
-    if let Ok(path) = std::env::var("TELLIFY_TEST_TANSU") {
-        return path;
-    }
-    let home = std::env::var("CARGO_HOME")
-        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    let installed = format!("{home}/tellify-test-tools/bin/tansu");
-    if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".to_owned()
-    }
+/// The broker binary: `TELLIFY_TEST_KAFKA_BROKER` (scripts/test sets it to the binary inside
+/// the noida-db package), else `noida-db` on the PATH.
+fn noida() -> String {
+    std::env::var("TELLIFY_TEST_KAFKA_BROKER").unwrap_or_else(|_| "noida-db".to_owned())
 }
 
 /// How long a read waits for messages that should be there.
 const READ_WAIT: Duration = Duration::from_secs(20);
 
-/// A tansu broker on its own port, killed on drop.
+/// A Kafka-protocol broker on its own port and data directory, killed on drop.
 struct Broker {
     child: Child,
     port: u16,
+    _data: tempfile::TempDir,
 }
 
 impl Broker {
     fn start_on(port: u16) -> Broker {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
+        let data = tempfile::tempdir().expect("a data directory");
+        let child = Command::new(noida())
             .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--silent",
+                "start",
+                "--only",
+                "kafka",
+                "--kafka-port",
+                &port.to_string(),
             ])
+            .arg("--data-dir")
+            .arg(data.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect(
-                "tansu runs (scripts/test installs it: cargo install tansu --features dynostore)",
-            );
-        let broker = Broker { child, port };
-        for _ in 0..200 {
+            .expect("the Kafka broker runs (scripts/test installs it: pip install noida-db)");
+        let broker = Broker {
+            child,
+            port,
+            _data: data,
+        };
+        for _ in 0..400 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return broker;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("tansu did not listen on {port}");
+        panic!("the Kafka broker did not listen on {port}");
     }
 
     fn start() -> Broker {
@@ -75,21 +69,22 @@ impl Broker {
         format!("kafka://127.0.0.1:{}", self.port)
     }
 
-    fn create_topic(&self, topic: &str) {
-        let status = Command::new(tansu())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-                "--partitions",
-                "1",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("tansu topic create runs");
-        assert!(status.success(), "creating topic {topic}");
+    /// Creates `topic` with one partition through the Kafka admin API.
+    async fn create_topic(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+            .create()
+            .expect("admin client");
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("the broker answers");
+        for result in results {
+            result.unwrap_or_else(|(name, e)| panic!("creating topic {name}: {e}"));
+        }
     }
 
     /// Reads the topic's partition 0 from the start until `n` messages came or `wait` passed.
@@ -182,7 +177,7 @@ async fn send_hot(server: &mut Server, hot: bool) {
 async fn kafka_topic_gets_each_change_keyed_by_alert() {
     let broker = Broker::start();
     let topic = unique("tellify.alerts");
-    broker.create_topic(&topic);
+    broker.create_topic(&topic).await;
     let mut server = Server::start().await;
     let (status, body) = server
         .put_json(
@@ -263,7 +258,7 @@ async fn kafka_broker_down_is_retried_until_it_is_back() {
     assert!(!error.contains(&port.to_string()), "{error}");
 
     let broker = Broker::start_on(port);
-    broker.create_topic(&topic);
+    broker.create_topic(&topic).await;
     server.advance("60s").await;
     server
         .deliveries_until(ADMIN, "status=sent", |d| d.len() == 1)
