@@ -32,16 +32,22 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     engine_thread: std::thread::JoinHandle<()>,
-    /// The delivery worker: it finishes the round it is sending, then stops.
+    /// Tasks that end at the shutdown signal: the rule-file watcher, the demo feed, the
+    /// pruner, the storage watcher.
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    /// The delivery worker, and its own stop signal, given once the engine has stopped.
     worker: tokio::task::JoinHandle<()>,
+    worker_stop: watch::Sender<bool>,
     /// How long a stop waits for requests in flight, and then for the delivery worker (ms).
     grace: i64,
 }
 
 impl Running {
-    /// Stops gracefully: no new connections; requests in flight finish (live streams end at
-    /// once), up to the grace period; the engine evaluates and commits what was accepted; the
-    /// delivery worker records the round it was sending.
+    /// Stops gracefully, in the pipeline's order: no new connections, and requests in flight
+    /// finish (live streams end at once), up to the grace period; the tasks that feed or tend
+    /// the store stop; the ingest writer stores what it was given; the engine evaluates and
+    /// commits everything accepted; then the delivery worker sends what is due by then and
+    /// records every outcome, up to the grace period, so no delivery is left `sending`.
     pub async fn stop(self) -> Result<()> {
         let grace = Duration::from_millis(self.grace.max(0) as u64);
         let _ = self.shutdown.send(true);
@@ -56,6 +62,21 @@ impl Running {
                 server.abort();
             }
         }
+        for (name, task) in self.tasks {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                warn!(
+                    message = "A task did not stop within the shutdown timeout.",
+                    task = name
+                );
+            }
+        }
+        // Events it cannot store within the grace period are answered with an error, not lost.
+        if tokio::time::timeout(grace, self.state.ingest.close())
+            .await
+            .is_err()
+        {
+            warn!(message = "The ingest writer did not finish within the shutdown timeout.");
+        }
         self.state.engine.send(Command::Shutdown);
         let engine_thread = self.engine_thread;
         tokio::task::spawn_blocking(move || engine_thread.join())
@@ -63,6 +84,7 @@ impl Running {
             .context("Failed to wait for the engine")?
             .map_err(|_| anyhow::anyhow!("The engine thread panicked"))?;
         // Deliveries it could not record go again at the next start (they stay `sending`).
+        let _ = self.worker_stop.send(true);
         if tokio::time::timeout(grace, self.worker).await.is_err() {
             warn!(
                 message =
@@ -312,33 +334,45 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         revocations: Arc::new(watch::Sender::new(0)),
         metrics_public: args.metrics_public,
     };
-    tokio::spawn(crate::storage_watch::run(
-        store.clone(),
-        state.engine.clone(),
-        reserve,
-        shutdown_rx.clone(),
-    ));
+    let mut tasks = vec![(
+        "storage watcher",
+        tokio::spawn(crate::storage_watch::run(
+            store.clone(),
+            state.engine.clone(),
+            reserve,
+            shutdown_rx.clone(),
+        )),
+    )];
     let mut rule_paths = args.rules.clone();
     rule_paths.extend(file.rules);
     if !rule_paths.is_empty() {
         crate::rule_files::load_all(&state, ADMIN, &rule_paths).await;
-        tokio::spawn(crate::rule_files::watch(
-            state.clone(),
-            ADMIN.into(),
-            rule_paths,
-            shutdown_rx.clone(),
+        tasks.push((
+            "rule-file watcher",
+            tokio::spawn(crate::rule_files::watch(
+                state.clone(),
+                ADMIN.into(),
+                rule_paths,
+                shutdown_rx.clone(),
+            )),
         ));
     }
     if args.demo {
-        crate::demo::start(state.clone(), shutdown_rx.clone()).await?;
+        tasks.push((
+            "demo feed",
+            crate::demo::start(state.clone(), shutdown_rx.clone()).await?,
+        ));
     }
     // The first pass runs before serving, so a changed retention applies at once.
     prune_once(store.as_ref(), clock.now(), retention).await;
-    tokio::spawn(prune(
-        store.clone(),
-        clock.clone(),
-        retention,
-        shutdown_rx.clone(),
+    tasks.push((
+        "pruner",
+        tokio::spawn(prune(
+            store.clone(),
+            clock.clone(),
+            retention,
+            shutdown_rx.clone(),
+        )),
     ));
     let worker = crate::notify::Worker {
         outbox,
@@ -349,7 +383,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         policy: crate::notify::Policy::default(),
         wake,
     };
-    let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+    let (worker_stop, worker_stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(worker.run(worker_stop_rx));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", args.listen))?;
@@ -374,7 +409,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         shutdown,
         server,
         engine_thread,
+        tasks,
         worker,
+        worker_stop,
         grace: parse_duration("--shutdown-timeout", &args.shutdown_timeout)?,
     })
 }

@@ -74,7 +74,11 @@ pub const EXAMPLES: [(&str, &str); 7] = [
     ),
 ];
 
-pub async fn start(state: AppState, shutdown: watch::Receiver<bool>) -> Result<()> {
+/// Loads the example rules and starts the synthetic feed; the task ends at `shutdown`.
+pub async fn start(
+    state: AppState,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
     for (file, text) in EXAMPLES {
         for doc in rule::parse_yaml(text)? {
             let name = doc.name().to_owned();
@@ -92,8 +96,7 @@ pub async fn start(state: AppState, shutdown: watch::Receiver<bool>) -> Result<(
             }
         }
     }
-    tokio::spawn(feed(state, shutdown));
-    Ok(())
+    Ok(tokio::spawn(feed(state, shutdown)))
 }
 
 /// One synthetic event of each kind every two seconds, drifting so alerts open and close.

@@ -277,6 +277,9 @@ impl Worker {
             }
         }
         let mut breakers: HashMap<(String, String), Breaker> = HashMap::new();
+        // Once told to stop (after the engine has stopped), the worker sends what is due and
+        // then returns: the last alerts before a stop go out, and nothing stays `sending`.
+        let mut stopping = false;
         loop {
             let now = self.clock.now();
             let claimed = match self.outbox.claim_deliveries(now, 64).await {
@@ -290,6 +293,9 @@ impl Worker {
                 self.send_all(claimed, &mut breakers).await;
                 continue;
             }
+            if stopping {
+                return;
+            }
             // Sleep until the next is due (at most a second: the clock may be a test's), or
             // until the engine or a retry request says there is work.
             let wait = match self.outbox.next_due().await {
@@ -299,7 +305,7 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => stopping = true,
             }
         }
     }

@@ -74,6 +74,9 @@ impl Owners {
 pub struct Ingest {
     tx: mpsc::Sender<Job>,
     owners: Owners,
+    /// Tells the writer to store what is queued and stop; its task, for [`Ingest::close`].
+    close: Arc<tokio::sync::Notify>,
+    writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Ingest {
@@ -86,8 +89,36 @@ impl Ingest {
     ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let lag = Arc::new(Semaphore::new(MAX_ENGINE_LAG));
-        tokio::spawn(writer(rx, store, engine, metrics, owners.clone(), lag));
-        Self { tx, owners }
+        let close = Arc::new(tokio::sync::Notify::new());
+        let writer = tokio::spawn(writer(
+            rx,
+            close.clone(),
+            store,
+            engine,
+            metrics,
+            owners.clone(),
+            lag,
+        ));
+        Self {
+            tx,
+            owners,
+            close,
+            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+        }
+    }
+
+    /// Stops taking events: what is queued is stored and handed to the engine, later
+    /// submissions answer that the server is shutting down. Returns when the writer is done.
+    pub async fn close(&self) {
+        self.close.notify_one();
+        let writer = self
+            .writer
+            .lock()
+            .expect("the writer lock is never poisoned")
+            .take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
     }
 
     /// Whether `user` may send events to `source` ([`Sources::may_write`]).
@@ -125,13 +156,25 @@ impl Ingest {
 
 async fn writer(
     mut rx: mpsc::Receiver<Job>,
+    close: Arc<tokio::sync::Notify>,
     store: Arc<dyn Store>,
     engine: EngineHandle,
     metrics: Arc<Metrics>,
     owners: Owners,
     lag: Arc<Semaphore>,
 ) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => job,
+            () = close.notified() => {
+                // No new submissions; the ones already queued are still received below.
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else {
+            return;
+        };
         let mut jobs = vec![first];
         let mut total = jobs[0].batch.events.len();
         // A group is no larger than the engine's queue may hold (give or take the request that

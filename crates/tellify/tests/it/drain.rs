@@ -105,9 +105,11 @@ async fn a_stuck_request_is_cut_off_after_the_shutdown_timeout() {
         "waited for the request first: {:?}",
         started.elapsed()
     );
+    // Cut off, or told that nothing was stored: never a 202 for an event the stop dropped.
+    let answer = post.await.expect("joined");
     assert!(
-        post.await.expect("joined").is_err(),
-        "the stuck request's connection was closed, never answered 202"
+        answer.is_err() || answer.as_ref().is_ok_and(|s| s.is_server_error()),
+        "the stuck request was never answered 202: {answer:?}"
     );
 }
 
