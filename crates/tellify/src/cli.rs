@@ -116,10 +116,13 @@ pub enum RulesCommand {
         #[arg(long)]
         prune: bool,
     },
-    /// Print a server's rules as YAML.
+    /// Print your rules on a server as YAML, ready for `rules apply` by the same user.
     Export {
         #[command(flatten)]
         server: ServerArgs,
+        /// Admins: print this user's rules instead (for `rules apply` with their token).
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -586,13 +589,23 @@ async fn client(command: Command) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Rules(RulesCommand::Export { server }) => {
+        Command::Rules(RulesCommand::Export { server, user }) => {
             let client = Client::new(&server)?;
             let current = client.call(Method::GET, "/api/v1/rules", None).await?;
+            // One owner's rules: the documents carry no owner, and `rules apply` stores them
+            // as the token's user's (an admin sees everyone's rules in the list).
+            let owner = match user {
+                Some(user) => user,
+                None => {
+                    let me = client.call(Method::GET, "/api/v1/me", None).await?;
+                    me["name"].as_str().unwrap_or_default().to_owned()
+                }
+            };
             let docs: Vec<Value> = current["rules"]
                 .as_array()
                 .into_iter()
                 .flatten()
+                .filter(|r| r["owner"] == json!(owner))
                 .cloned()
                 .map(server_doc)
                 .collect();

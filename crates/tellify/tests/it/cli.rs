@@ -193,10 +193,32 @@ async fn send_apply_and_export_talk_to_a_server() {
         "both disk rules are pending"
     );
 
+    // Another user's rule: the admin sees it in the list, but exports only their own unless
+    // they name the user (documents carry no owner: `rules apply` makes them the token's).
+    let bob = server.user("bob").await;
+    server
+        .rule(
+            &bob,
+            json!({"name": "bobs-rule", "source": "b", "when": "true"}),
+        )
+        .await;
     let out = run(vec!["rules".into(), "export".into()]).await;
     let yaml = String::from_utf8_lossy(&out.stdout);
     assert!(
         yaml.contains("name: disk-usage-high") && yaml.contains("for: 5m"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("bobs-rule"), "{yaml}");
+    let out = run(vec![
+        "rules".into(),
+        "export".into(),
+        "--user".into(),
+        "bob".into(),
+    ])
+    .await;
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yaml.contains("name: bobs-rule") && !yaml.contains("disk-usage-high"),
         "{yaml}"
     );
 
