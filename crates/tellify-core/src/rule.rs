@@ -190,8 +190,18 @@ pub fn check_name(name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A name no rule may have: `/api/v1/rules/test` is the dry run of an unsaved rule.
+pub const RESERVED_RULE_NAME: &str = "test";
+
 fn check_rule_name(name: &str) -> Result<(), RuleError> {
-    check_name(name, MAX_RULE_NAME).map_err(|m| RuleError::new(Some("name"), m))
+    check_name(name, MAX_RULE_NAME).map_err(|m| RuleError::new(Some("name"), m))?;
+    if name == RESERVED_RULE_NAME {
+        return Err(RuleError::new(
+            Some("name"),
+            "`test` is reserved (`/api/v1/rules/test` is the dry run of an unsaved rule); choose another name",
+        ));
+    }
+    Ok(())
 }
 
 /// A rule that failed validation; `field` names where, when it is one field's fault.

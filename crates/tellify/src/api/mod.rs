@@ -175,15 +175,8 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{source}", get(system::get_topic))
         .route("/sources", get(system::list_sources))
         .route("/rules", get(rules::list_rules))
-        // The dry run of an unsaved rule; a rule named `test` is still read, saved and deleted
-        // at the same path.
-        .route(
-            "/rules/test",
-            post(rules::test_unsaved)
-                .get(rules::get_rule_named_test)
-                .put(rules::put_rule_named_test)
-                .delete(rules::delete_rule_named_test),
-        )
+        // The dry run of an unsaved rule: no rule may be named `test`.
+        .route("/rules/test", post(rules::test_unsaved))
         .route(
             "/rules/{name}",
             get(rules::get_rule)

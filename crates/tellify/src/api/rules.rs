@@ -106,34 +106,6 @@ pub async fn get_rule(
     Ok(Json(view(&rule, state.engine.is_throttled(&rule.owner))))
 }
 
-/// `GET /api/v1/rules/test`: the path of the unsaved dry run, for a rule named `test`.
-pub async fn get_rule_named_test(
-    state: State<AppState>,
-    caller: Caller,
-    query: Query<OwnerQuery>,
-) -> ApiResult<Json<Value>> {
-    get_rule(state, caller, Path("test".to_owned()), query).await
-}
-
-/// `PUT /api/v1/rules/test`, for a rule named `test`.
-pub async fn put_rule_named_test(
-    state: State<AppState>,
-    caller: Caller,
-    query: Query<OwnerQuery>,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    put_rule(state, caller, Path("test".to_owned()), query, body).await
-}
-
-/// `DELETE /api/v1/rules/test`, for a rule named `test`.
-pub async fn delete_rule_named_test(
-    state: State<AppState>,
-    caller: Caller,
-    query: Query<OwnerQuery>,
-) -> ApiResult<StatusCode> {
-    delete_rule(state, caller, Path("test".to_owned()), query).await
-}
-
 #[utoipa::path(put, path = "/api/v1/rules/{name}", tag = "rules",
     params(("name" = String, Path, description = "rule name, URL-encoded"), ("owner" = Option<String>, Query, description = "admins: the user whose object this is (default: the caller)")),
     request_body(content = ref("#/components/schemas/RuleDocument"), content_type = "application/json"),

@@ -63,26 +63,15 @@ async fn an_unsupported_method_answers_405_in_the_error_shape_with_allow() {
     }
 }
 
-/// `/api/v1/rules/test` is also the dry run of an unsaved rule (a `POST`): a rule named `test`
-/// is still read, replaced and deleted there.
+/// `/api/v1/rules/test` is the dry run of an unsaved rule (a `POST`), so no rule may be named
+/// `test`: it could never be read or deleted. Saving one says why.
 #[tokio::test]
-async fn a_rule_named_test_is_reachable_beside_the_dry_run() {
+async fn a_rule_named_test_is_refused_with_the_reason() {
     let server = Server::start().await;
     let rule = json!({"name": "test", "source": "s", "when": "event.v > 1"});
     let (status, body) = server.put_json(ADMIN, "/api/v1/rules/test", &rule).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = server.get(ADMIN, "/api/v1/rules/test").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["name"], "test");
-    assert_eq!(body["when"], "event.v > 1");
-    let (status, body) = server
-        .put_json(
-            ADMIN,
-            "/api/v1/rules/test",
-            &json!({"name": "test", "source": "s", "when": "event.v > 2"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    // A rule file or dry run with a rule named `test` is refused, with the reason.
     let (status, body) = server
         .post_json(
             ADMIN,
@@ -90,17 +79,20 @@ async fn a_rule_named_test_is_reachable_beside_the_dry_run() {
             &json!({"rule": rule, "events": [{"v": 2}]}),
         )
         .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the dry run still answers there: {body}"
-    );
-    let (status, _) = server
-        .request(Method::DELETE, ADMIN, "/api/v1/rules/test", None)
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_rule", "{body}");
+    assert_eq!(body["error"]["field"], "name", "{body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("reserved"), "{message}");
+    // The dry run still answers there.
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/rules/test",
+            &json!({"rule": {"name": "try", "source": "s", "when": "event.v > 1"}, "events": [{"v": 2}]}),
+        )
         .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = server.get(ADMIN, "/api/v1/rules/test").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
