@@ -15,6 +15,15 @@ use tellify_core::template::Templates;
 
 use super::{Notification, Notifier, NotifyError, channel, message};
 
+/// How long lettre waits on each step of a conversation (connecting, each command's answer).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one message may take from connecting to the server's last answer. lettre's step
+/// timeout does not cover everything (a TLS handshake with a server that never answers, a
+/// server that trickles its answers), and the settings check answers a waiting admin, so the
+/// whole send is bounded too; under the worker's 30-second limit on a send.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encryption {
@@ -95,7 +104,7 @@ impl SmtpSettings {
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
             .port(self.port)
-            .timeout(Some(Duration::from_secs(20)));
+            .timeout(Some(STEP_TIMEOUT));
         builder = match self.encryption {
             Encryption::Tls => builder.tls(Tls::Wrapper(tls()?)),
             Encryption::Starttls => builder.tls(Tls::Required(tls()?)),
@@ -140,20 +149,26 @@ impl SmtpSettings {
             ),
         }
         .map_err(|e| NotifyError::permanent(format!("cannot build the message: {e}")))?;
-        self.transport()?
-            .send(message)
+        let sent = tokio::time::timeout(SEND_TIMEOUT, self.transport()?.send(message))
             .await
-            .map(|_| ())
-            .map_err(|e| {
-                // A permanent refusal of the message (a 5xx such as an unknown recipient) will
-                // not change; everything else, including a failed login, may be fixed.
-                let auth = e.to_string().contains("535");
-                if e.is_permanent() && !auth {
-                    NotifyError::permanent(format!("SMTP: {e}"))
-                } else {
-                    NotifyError::retry(format!("SMTP: {e}"))
-                }
-            })
+            .map_err(|_| {
+                NotifyError::retry(format!(
+                    "SMTP: timed out after {} s (connecting, TLS, login or sending): does the server answer SMTP with this `encryption`?",
+                    SEND_TIMEOUT.as_secs(),
+                ))
+            })?;
+        sent.map(drop).map_err(|e| {
+            // A permanent refusal of the message (a 5xx such as an unknown recipient) will
+            // not change; everything else, including a failed login, may be fixed.
+            let auth = e.to_string().contains("535");
+            if e.is_permanent() && !auth {
+                NotifyError::permanent(format!("SMTP: {e}"))
+            } else if e.is_timeout() {
+                NotifyError::retry(format!("SMTP: timed out: {e}"))
+            } else {
+                NotifyError::retry(format!("SMTP: {e}"))
+            }
+        })
     }
 }
 
