@@ -245,13 +245,13 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .context("Failed to build the HTTP client")?;
     let smtp = load_smtp(outbox.as_ref(), &keys, file.smtp.clone(), clock.now()).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let notifiers = crate::notify::notifiers(http, smtp.clone());
+    let senders = Arc::new(crate::notify::Senders::new(http, smtp.clone()));
     let state = AppState {
         store: store.clone(),
         outbox: outbox.clone(),
         keys: keys.clone(),
         wake: wake.clone(),
-        notifiers: Arc::new(notifiers.clone()),
+        senders: senders.clone(),
         smtp,
         engine,
         ingest,
@@ -300,7 +300,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         clock: clock.clone(),
         metrics: state.metrics.clone(),
         keys,
-        notifiers,
+        senders,
         policy: crate::notify::Policy::default(),
         wake,
     };

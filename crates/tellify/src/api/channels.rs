@@ -77,9 +77,8 @@ pub async fn get_channel(
     Path(name): Path<String>,
     Query(q): Query<OwnerQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(view(
-        &find(&state, &caller, q.owner.as_deref(), &name).await?,
-    )))
+    let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
+    Ok(Json(view(&row)))
 }
 
 /// Creates or replaces a channel. Secrets left out or sent as `***` keep their stored value.
@@ -231,12 +230,12 @@ pub async fn test_channel(
     Query(q): Query<OwnerQuery>,
 ) -> ApiResult<Json<Value>> {
     let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
-    let notifier = state.notifiers.get(row.kind.as_str()).ok_or_else(|| {
-        ApiError::bad_request(
+    if channel::kind(&row.kind).is_none() {
+        return Err(ApiError::bad_request(
             "unsupported",
             format!("`{}` channels cannot send in this version", row.kind),
-        )
-    })?;
+        ));
+    }
     let settings = match &row.settings {
         Value::Object(m) => channel::open(&row.kind, m.clone(), &state.keys)?,
         _ => Map::new(),
@@ -274,7 +273,11 @@ pub async fn test_channel(
         format: None,
         template: None,
     };
-    match crate::notify::send_in_time(notifier.as_ref(), &settings, &n).await {
+    let sent = match state.senders.notifier(&row.kind, &settings) {
+        Ok(notifier) => crate::notify::send_in_time(notifier.as_ref(), &n).await,
+        Err(e) => Err(e),
+    };
+    match sent {
         Ok(()) => Ok(Json(json!({ "sent": true }))),
         Err(e) => Err(
             ApiError::new(StatusCode::BAD_GATEWAY, "delivery_failed", e.message)

@@ -49,7 +49,7 @@ pub struct AppState {
     /// The server's SMTP settings, password opened.
     pub smtp: crate::notify::email::SharedSmtp,
     /// Sends channel tests.
-    pub notifiers: Arc<HashMap<&'static str, Arc<dyn crate::notify::Notifier>>>,
+    pub senders: Arc<crate::notify::Senders>,
     pub engine: EngineHandle,
     pub ingest: Ingest,
     pub clock: Arc<dyn Clock>,

@@ -316,7 +316,7 @@ fn hand_written() -> Vec<(&'static str, Value)> {
 
     let kinds: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
     let channel_settings = json!({
-        "description": "A channel: `kind`, `shared` (admins) and the kind's settings, flat. Secrets left out or sent as `***` keep their stored value. The settings each kind needs are checked: `400 invalid_channel`.",
+        "description": "A channel: `kind`, `shared` (admins) and the kind's settings, flat. Secrets left out or sent as `***` keep their stored value. Each kind's settings are checked when saved — a setting the kind does not have, a missing or mistyped one, a bad URL: `400 invalid_channel`, naming the setting.",
         "type": "object",
         "properties": {
             "kind": { "type": "string", "enum": kinds, "description": "required for a new channel" },

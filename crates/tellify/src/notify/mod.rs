@@ -14,6 +14,7 @@ pub mod message;
 pub mod mqtt;
 pub mod nats;
 pub mod pagerduty;
+pub mod pool;
 pub mod redis;
 pub mod slack;
 pub mod sms;
@@ -101,24 +102,47 @@ impl NotifyError {
     }
 }
 
-/// Sends notifications through one kind of channel.
+/// Sends notifications through one channel: made by its kind's settings struct
+/// ([`channel::Settings::notifier`]).
 #[async_trait::async_trait]
 pub trait Notifier: Send + Sync {
-    /// Sends `n` with the channel's opened settings.
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError>;
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError>;
 }
 
-/// A required string setting; its absence is permanent (validation should have caught it).
-pub fn setting<'a>(settings: &'a Map<String, Value>, name: &str) -> Result<&'a str, NotifyError> {
-    settings
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| NotifyError::permanent(format!("the channel has no `{name}`")))
+/// What notifiers send with, shared by all: the HTTP client, the server's SMTP settings, and
+/// the clients kept per connection configuration ([`pool`]).
+#[derive(Default)]
+pub struct Senders {
+    pub http: reqwest::Client,
+    pub smtp: email::SharedSmtp,
+    pub smtp_transports: email::Transports,
+    pub nats: nats::Clients,
+    pub redis: redis::Clients,
+    pub mqtt: mqtt::Clients,
+    pub amqp: amqp::Clients,
+    pub kafka: kafka::Clients,
+}
+
+impl Senders {
+    pub fn new(http: reqwest::Client, smtp: email::SharedSmtp) -> Self {
+        Self {
+            http,
+            smtp,
+            ..Self::default()
+        }
+    }
+
+    /// The notifier of a channel of `kind` with `settings` as stored (secrets opened).
+    pub fn notifier(
+        &self,
+        kind: &str,
+        settings: &Map<String, Value>,
+    ) -> Result<Box<dyn Notifier>, NotifyError> {
+        let parsed = channel::Settings::parse(kind, settings).map_err(|e| {
+            NotifyError::permanent(format!("the channel's settings are invalid: {e}"))
+        })?;
+        Ok(parsed.notifier(self))
+    }
 }
 
 /// Sends one request of a notification with Tellify's user agent and an idempotency key, and
@@ -236,32 +260,9 @@ pub struct Worker {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub keys: SecretBox,
-    pub notifiers: HashMap<&'static str, Arc<dyn Notifier>>,
+    pub senders: Arc<Senders>,
     pub policy: Policy,
     pub wake: Arc<Notify>,
-}
-
-/// The notifiers of every kind this build can send.
-pub fn notifiers(
-    http: reqwest::Client,
-    smtp: email::SharedSmtp,
-) -> HashMap<&'static str, Arc<dyn Notifier>> {
-    let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
-    out.insert("webhook", Arc::new(webhook::Webhook { http: http.clone() }));
-    out.insert("slack", Arc::new(slack::Slack { http: http.clone() }));
-    out.insert("teams", Arc::new(teams::Teams { http: http.clone() }));
-    out.insert(
-        "pagerduty",
-        Arc::new(pagerduty::PagerDuty { http: http.clone() }),
-    );
-    out.insert("sms", Arc::new(sms::Sms { http }));
-    out.insert("email", Arc::new(email::Email { smtp }));
-    out.insert("nats", Arc::new(nats::Nats));
-    out.insert("redis", Arc::new(redis::Redis));
-    out.insert("mqtt", Arc::new(mqtt::Mqtt));
-    out.insert("amqp", Arc::new(amqp::Amqp));
-    out.insert("kafka", Arc::new(kafka::Kafka::default()));
-    out
 }
 
 impl Worker {
@@ -458,12 +459,12 @@ impl Worker {
             .ok_or_else(|| {
                 NotifyError::permanent(format!("the channel `{}` no longer exists", first.channel))
             })?;
-        let notifier = self.notifiers.get(channel.kind.as_str()).ok_or_else(|| {
-            NotifyError::permanent(format!(
+        if channel::kind(&channel.kind).is_none() {
+            return Err(NotifyError::permanent(format!(
                 "`{}` channels cannot send in this version",
                 channel.kind
-            ))
-        })?;
+            )));
+        }
         let settings = match channel.settings {
             Value::Object(m) => channel::open(&channel.kind, m, &self.keys).map_err(|_| {
                 NotifyError::permanent("the channel's secrets do not open with this server's key")
@@ -505,7 +506,8 @@ impl Worker {
                 .and_then(|f| serde_json::from_value(Value::String(f.to_owned())).ok()),
             template: first.template.clone(),
         };
-        send_in_time(notifier.as_ref(), &settings, &n).await
+        let notifier = self.senders.notifier(&channel.kind, &settings)?;
+        send_in_time(notifier.as_ref(), &n).await
     }
 }
 
@@ -514,12 +516,8 @@ impl Worker {
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends `n`, failing (retryably) after [`SEND_TIMEOUT`].
-pub async fn send_in_time(
-    notifier: &dyn Notifier,
-    settings: &Map<String, Value>,
-    n: &Notification,
-) -> Result<(), NotifyError> {
-    match tokio::time::timeout(SEND_TIMEOUT, notifier.send(settings, n)).await {
+pub async fn send_in_time(notifier: &dyn Notifier, n: &Notification) -> Result<(), NotifyError> {
+    match tokio::time::timeout(SEND_TIMEOUT, notifier.send(n)).await {
         Ok(result) => result,
         Err(_) => Err(NotifyError::retry(format!(
             "timed out after {} s",
