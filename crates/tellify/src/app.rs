@@ -246,12 +246,15 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     let smtp = load_smtp(outbox.as_ref(), &keys, file.smtp.clone(), clock.now()).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let senders = Arc::new(crate::notify::Senders::new(http, smtp.clone()));
+    let policy = crate::notify::Policy::default();
+    let breakers = Arc::new(policy.breakers());
     let state = AppState {
         store: store.clone(),
         outbox: outbox.clone(),
         keys: keys.clone(),
         wake: wake.clone(),
         senders: senders.clone(),
+        breakers: breakers.clone(),
         smtp,
         engine,
         ingest,
@@ -301,7 +304,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         metrics: state.metrics.clone(),
         keys,
         senders,
-        policy: crate::notify::Policy::default(),
+        breakers,
+        policy,
         wake,
     };
     let worker = tokio::spawn(worker.run(shutdown_rx.clone()));

@@ -50,6 +50,8 @@ pub struct AppState {
     pub smtp: crate::notify::email::SharedSmtp,
     /// Sends channel tests.
     pub senders: Arc<crate::notify::Senders>,
+    /// Every channel's circuit breaker, shown on channel reads.
+    pub breakers: Arc<crate::notify::Breakers>,
     pub engine: EngineHandle,
     pub ingest: Ingest,
     pub clock: Arc<dyn Clock>,

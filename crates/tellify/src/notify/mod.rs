@@ -7,6 +7,7 @@
 //! a crash between sending and recording leaves them `sending`, and they go again at start.
 
 pub mod amqp;
+pub mod breaker;
 pub mod channel;
 pub mod email;
 pub mod kafka;
@@ -37,6 +38,7 @@ use crate::clock::Clock;
 use crate::crypto::SecretBox;
 use crate::metrics::{DeliveryLabel, Metrics};
 use crate::store::{Alert, ChannelRow, Delivery, DeliveryOutcome, Outbox};
+pub use breaker::Breakers;
 pub use message::Notification;
 
 /// Why a send failed, and whether trying again can help.
@@ -233,6 +235,11 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Channel breakers that open as this policy says.
+    pub fn breakers(&self) -> Breakers {
+        Breakers::new(self.breaker_failures, self.breaker_open)
+    }
+
     /// The delay before attempt `attempts + 1`, after `attempts` failures.
     pub fn backoff(&self, attempts: i64, retry_after: Option<Duration>) -> Duration {
         let exp = u32::try_from(attempts.clamp(1, 30) - 1).unwrap_or(0);
@@ -248,12 +255,6 @@ impl Policy {
     }
 }
 
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    open_until: i64,
-}
-
 /// The delivery worker.
 pub struct Worker {
     pub outbox: Arc<dyn Outbox>,
@@ -261,6 +262,7 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     pub keys: SecretBox,
     pub senders: Arc<Senders>,
+    pub breakers: Arc<Breakers>,
     pub policy: Policy,
     pub wake: Arc<Notify>,
 }
@@ -277,9 +279,10 @@ impl Worker {
                 warn!(message = "Failed to reset interrupted deliveries.", error = %format!("{e:#}"))
             }
         }
-        let mut breakers: HashMap<(String, String), Breaker> = HashMap::new();
         loop {
             let now = self.clock.now();
+            // Breakers half-open as time passes, not only when a send changes them.
+            self.breakers.publish(&self.metrics, now);
             let claimed = match self.outbox.claim_deliveries(now, 64).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -288,7 +291,7 @@ impl Worker {
                 }
             };
             if !claimed.is_empty() {
-                self.send_all(claimed, &mut breakers).await;
+                self.send_all(claimed).await;
                 continue;
             }
             // Sleep until the next is due (at most a second: the clock may be a test's), or
@@ -307,11 +310,7 @@ impl Worker {
 
     /// Sends claimed deliveries: digests grouped into one message, the rest one by one, in
     /// parallel across channels.
-    async fn send_all(
-        &self,
-        claimed: Vec<Delivery>,
-        breakers: &mut HashMap<(String, String), Breaker>,
-    ) {
+    async fn send_all(&self, claimed: Vec<Delivery>) {
         let mut groups: Vec<Vec<Delivery>> = Vec::new();
         let mut by_digest: HashMap<String, usize> = HashMap::new();
         for d in claimed {
@@ -346,13 +345,12 @@ impl Worker {
         for group in groups {
             let first = &group[0];
             let channel = (first.channel_owner.clone(), first.channel.clone());
-            let breaker = breakers.entry(channel.clone()).or_default();
-            if breaker.open_until > now {
+            if let Some(open_until) = self.breakers.open_until(&channel, now) {
                 // The channel is failing: wait for the breaker without spending an attempt.
                 let ids: Vec<String> = group.iter().map(|d| d.id.clone()).collect();
                 let outcome = DeliveryOutcome::Retry {
                     error: "circuit breaker open: the channel keeps failing".into(),
-                    next_attempt_at: breaker.open_until,
+                    next_attempt_at: open_until,
                     counts: false,
                 };
                 self.count(&outcome, &group);
@@ -369,19 +367,15 @@ impl Worker {
             let now = self.clock.now();
             let ids: Vec<String> = group.iter().map(|d| d.id.clone()).collect();
             let attempts = group.iter().map(|d| d.attempts).max().unwrap_or(0) + 1;
-            let breaker = breakers.entry(channel).or_default();
             let outcome = match result {
                 Ok(()) => {
-                    breaker.failures = 0;
+                    self.breakers.succeeded(&channel);
                     DeliveryOutcome::Sent { at: now }
                 }
                 Err(e) => {
                     // Only failures of the receiver count against it, not refusals of one message.
                     if e.retryable {
-                        breaker.failures += 1;
-                        if breaker.failures >= self.policy.breaker_failures {
-                            breaker.open_until = now + self.policy.breaker_open.as_millis() as i64;
-                        }
+                        self.breakers.failed(&channel, now);
                     }
                     if e.retryable && attempts < self.policy.max_attempts {
                         let delay = self.policy.backoff(attempts, e.retry_after);
