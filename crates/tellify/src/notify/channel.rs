@@ -679,6 +679,65 @@ mod tests {
         );
     }
 
+    /// The secrets a read hides (`KINDS`) and the fields typed [`Secret`] are the same ones:
+    /// each setting's value shows in the parsed settings' Debug exactly when reads show it.
+    #[test]
+    fn the_secrets_hidden_on_reads_are_the_fields_typed_secret() {
+        let key = "R0UT1NGKEY0123456789abcdefABCDEF";
+        let examples = [
+            (
+                "webhook",
+                json!({"url": "https://u.example/S1", "secret": "S2", "body": "B3"}),
+            ),
+            ("slack", json!({"webhook_url": "https://hooks.example/S4"})),
+            ("teams", json!({"webhook_url": "https://teams.example/S5"})),
+            (
+                "pagerduty",
+                json!({"routing_key": key, "url": "https://pd.example/P6"}),
+            ),
+            (
+                "sms",
+                json!({"url": "https://sms.example/M7", "account": "AC8", "from": "+19",
+                "token": "T10", "to": "+211"}),
+            ),
+            ("email", json!({"to": "ops@x.example"})),
+            (
+                "nats",
+                json!({"url": "nats://u:N12@h:4222", "topic": "N13"}),
+            ),
+            ("redis", json!({"url": "redis://u:R14@h", "topic": "R15"})),
+            (
+                "mqtt",
+                json!({"url": "mqtt://h:1883/M16", "topic": "M17", "username": "M18",
+                "password": "M19"}),
+            ),
+            (
+                "amqp",
+                json!({"url": "amqp://u:A20@h/%2f", "topic": "A21", "exchange": "A22"}),
+            ),
+            (
+                "kafka",
+                json!({"url": "kafka://h:9092", "topic": "K23", "username": "K24",
+                "password": "K25", "sasl_mechanism": "PLAIN", "ca_file": "/K26.pem"}),
+            ),
+        ];
+        assert_eq!(examples.len(), KINDS.len(), "every kind has an example");
+        for (kind, example) in examples {
+            let example = map(example);
+            let shown = format!("{:?}", Settings::parse(kind, &example).expect(kind));
+            let hidden = hide(kind, example.clone());
+            for (field, value) in &example {
+                let value = value.as_str().expect("string settings");
+                let secret = hidden[field] == HIDDEN;
+                assert_eq!(
+                    !shown.contains(value),
+                    secret,
+                    "{kind}.{field}: hidden on reads: {secret}; Debug: {shown}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn settings_are_checked_per_kind() {
         assert!(validate("webhook", &map(json!({"url": "https://x"}))).is_ok());
