@@ -134,6 +134,16 @@ impl Senders {
         }
     }
 
+    /// Drops the kept clients that have been idle too long ([`pool::IDLE`]).
+    pub fn sweep(&self) {
+        self.smtp_transports.sweep();
+        self.nats.sweep();
+        self.redis.sweep();
+        self.mqtt.sweep();
+        self.amqp.sweep();
+        self.kafka.sweep();
+    }
+
     /// The notifier of a channel of `kind` with `settings` as stored (secrets opened).
     pub fn notifier(
         &self,
@@ -281,8 +291,10 @@ impl Worker {
         }
         loop {
             let now = self.clock.now();
-            // Breakers half-open as time passes, not only when a send changes them.
+            // Breakers half-open as time passes, not only when a send changes them; idle
+            // clients close even if their kind sends nothing more.
             self.breakers.publish(&self.metrics, now);
+            self.senders.sweep();
             let claimed = match self.outbox.claim_deliveries(now, 64).await {
                 Ok(c) => c,
                 Err(e) => {

@@ -30,6 +30,8 @@ pub struct Pool<K, C> {
     /// cell is where a connection is being made, so sends with the same key wait for one
     /// connection rather than each making their own.
     slots: Mutex<HashMap<K, Slot<C>>>,
+    /// [`IDLE`], but for tests.
+    idle: Duration,
 }
 
 struct Slot<C> {
@@ -41,6 +43,7 @@ impl<K, C> Default for Pool<K, C> {
     fn default() -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
+            idle: IDLE,
         }
     }
 }
@@ -60,7 +63,7 @@ impl<K: Hash + Eq + Clone, C: Clone> Pool<K, C> {
         let cell = {
             let now = Instant::now();
             let mut slots = self.slots.lock().expect("client pool poisoned");
-            slots.retain(|_, s| now.duration_since(s.used) < IDLE);
+            slots.retain(|_, s| now.duration_since(s.used) < self.idle);
             if slots.len() >= MAX_CLIENTS && !slots.contains_key(key) {
                 slots.clear();
             }
@@ -80,6 +83,16 @@ impl<K: Hash + Eq + Clone, C: Clone> Pool<K, C> {
             .await?
             .clone();
         Ok((cell, client, fresh))
+    }
+
+    /// Drops the clients unused for [`IDLE`]. Each use sweeps its pool too; this is for a pool
+    /// nothing uses any more (the worker calls it as it goes round).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.slots
+            .lock()
+            .expect("client pool poisoned")
+            .retain(|_, s| now.duration_since(s.used) < self.idle);
     }
 
     /// Drops the client in `cell` if it is still the one kept for `key` (another send may
@@ -211,6 +224,29 @@ mod tests {
             .await
             .expect("sent");
         assert_eq!(connects.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn a_client_idle_too_long_is_dropped() {
+        let pool: Pool<&str, usize> = Pool {
+            idle: Duration::from_millis(200),
+            ..Pool::default()
+        };
+        pool.client(&"a", || async { Ok(1) })
+            .await
+            .expect("connects");
+        pool.sweep();
+        assert_eq!(pool.len(), 1, "not idle long enough");
+        let c = pool.client(&"a", || async { Ok(2) }).await.expect("kept");
+        assert_eq!(c, 1, "used again: kept");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pool.sweep();
+        assert_eq!(pool.len(), 0, "idle long enough: dropped");
+        let c = pool
+            .client(&"a", || async { Ok(3) })
+            .await
+            .expect("connects");
+        assert_eq!(c, 3, "a new client");
     }
 
     #[tokio::test]
