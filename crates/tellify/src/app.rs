@@ -312,13 +312,16 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     // Live streams end once the server has stopped accepting (its listener is dropped), so no
     // new request slips in between a stream's end and the stop.
     let (closed, closed_rx) = watch::channel(false);
-    let notifiers = crate::notify::notifiers(http, smtp.clone());
+    let senders = Arc::new(crate::notify::Senders::new(http, smtp.clone()));
+    let policy = crate::notify::Policy::default();
+    let breakers = Arc::new(policy.breakers());
     let state = AppState {
         store: store.clone(),
         outbox: outbox.clone(),
         keys: keys.clone(),
         wake: wake.clone(),
-        notifiers: Arc::new(notifiers.clone()),
+        senders: senders.clone(),
+        breakers: breakers.clone(),
         smtp,
         engine,
         ingest,
@@ -379,8 +382,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         clock: clock.clone(),
         metrics: state.metrics.clone(),
         keys,
-        notifiers,
-        policy: crate::notify::Policy::default(),
+        senders,
+        breakers,
+        policy,
         wake,
     };
     let (worker_stop, worker_stop_rx) = watch::channel(false);

@@ -38,6 +38,12 @@ pub struct DeliveryLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub owner: String,
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SeverityLabel {
     pub severity: String,
 }
@@ -54,6 +60,8 @@ pub struct Metrics {
     pub source_up: Family<SourceLabel, Gauge>,
     pub deliveries: Family<DeliveryLabel, Counter>,
     pub delivery_seconds: Histogram,
+    /// Each channel's circuit breaker: 0 closed, 1 half-open, 2 open.
+    pub channel_circuit: Family<ChannelLabel, Gauge>,
 }
 
 impl Metrics {
@@ -119,8 +127,15 @@ impl Metrics {
             "Time from an alert change to its notification being delivered",
             delivery_seconds.clone(),
         );
+        let channel_circuit = Family::<ChannelLabel, Gauge>::default();
+        registry.register(
+            "channel_circuit_state",
+            "Each channel's circuit breaker: 0 closed, 1 half-open (the next send tries), 2 open (sends wait)",
+            channel_circuit.clone(),
+        );
         Self {
             registry,
+            channel_circuit,
             deliveries,
             delivery_seconds,
             events_ingested,

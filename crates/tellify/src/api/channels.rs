@@ -18,7 +18,7 @@ pub struct OwnerQuery {
     pub owner: Option<String>,
 }
 
-fn view(c: &ChannelRow) -> Value {
+fn view(state: &AppState, c: &ChannelRow) -> Value {
     let mut out = match &c.settings {
         Value::Object(m) => channel::hide(&c.kind, m.clone()),
         _ => Map::new(),
@@ -29,6 +29,10 @@ fn view(c: &ChannelRow) -> Value {
     out.insert("shared".into(), json!(c.shared));
     out.insert("created_at".into(), json!(c.created_at));
     out.insert("updated_at".into(), json!(c.updated_at));
+    let circuit = state
+        .breakers
+        .circuit(&(c.owner.clone(), c.name.clone()), state.clock.now());
+    out.insert("circuit".into(), json!(circuit));
     Value::Object(out)
 }
 
@@ -45,7 +49,7 @@ pub async fn list_channels(
         .list_channels(caller.scope().as_deref(), true)
         .await?;
     Ok(Json(
-        json!({ "channels": rows.iter().map(view).collect::<Vec<_>>() }),
+        json!({ "channels": rows.iter().map(|c| view(&state, c)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -77,9 +81,8 @@ pub async fn get_channel(
     Path(name): Path<String>,
     Query(q): Query<OwnerQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(view(
-        &find(&state, &caller, q.owner.as_deref(), &name).await?,
-    )))
+    let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
+    Ok(Json(view(&state, &row)))
 }
 
 /// Creates or replaces a channel. Secrets left out or sent as `***` keep their stored value.
@@ -115,7 +118,8 @@ pub async fn put_channel(
             "a channel name is 1 to 100 letters, digits and `._-`",
         ));
     }
-    for field in ["owner", "created_at", "updated_at"] {
+    // Read-only fields of a read, so a channel can be read, edited and sent back.
+    for field in ["owner", "created_at", "updated_at", "circuit"] {
         settings.remove(field);
     }
     if settings.remove("name").is_some_and(|n| n != json!(name)) {
@@ -189,7 +193,7 @@ pub async fn put_channel(
         } else {
             StatusCode::OK
         },
-        Json(view(&row)),
+        Json(view(&state, &row)),
     ))
 }
 
@@ -204,6 +208,9 @@ pub async fn delete_channel(
 ) -> ApiResult<StatusCode> {
     let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
     state.outbox.delete_channel(&row.owner, &name).await?;
+    state
+        .breakers
+        .remove(&(row.owner.clone(), name.clone()), &state.metrics);
     state.engine.notify_settings_changed().await;
     state
         .store
@@ -231,12 +238,12 @@ pub async fn test_channel(
     Query(q): Query<OwnerQuery>,
 ) -> ApiResult<Json<Value>> {
     let row = find(&state, &caller, q.owner.as_deref(), &name).await?;
-    let notifier = state.notifiers.get(row.kind.as_str()).ok_or_else(|| {
-        ApiError::bad_request(
+    if channel::kind(&row.kind).is_none() {
+        return Err(ApiError::bad_request(
             "unsupported",
             format!("`{}` channels cannot send in this version", row.kind),
-        )
-    })?;
+        ));
+    }
     let settings = match &row.settings {
         Value::Object(m) => channel::open(&row.kind, m.clone(), &state.keys)?,
         _ => Map::new(),
@@ -274,7 +281,11 @@ pub async fn test_channel(
         format: None,
         template: None,
     };
-    match crate::notify::send_in_time(notifier.as_ref(), &settings, &n).await {
+    let sent = match state.senders.notifier(&row.kind, &settings) {
+        Ok(notifier) => crate::notify::send_in_time(notifier.as_ref(), &n).await,
+        Err(e) => Err(e),
+    };
+    match sent {
         Ok(()) => Ok(Json(json!({ "sent": true }))),
         Err(e) => Err(
             ApiError::new(StatusCode::BAD_GATEWAY, "delivery_failed", e.message)

@@ -50,7 +50,9 @@ pub struct AppState {
     /// The server's SMTP settings, password opened.
     pub smtp: crate::notify::email::SharedSmtp,
     /// Sends channel tests.
-    pub notifiers: Arc<HashMap<&'static str, Arc<dyn crate::notify::Notifier>>>,
+    pub senders: Arc<crate::notify::Senders>,
+    /// Every channel's circuit breaker, shown on channel reads.
+    pub breakers: Arc<crate::notify::Breakers>,
     pub engine: EngineHandle,
     pub ingest: Ingest,
     pub clock: Arc<dyn Clock>,

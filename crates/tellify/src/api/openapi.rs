@@ -317,7 +317,7 @@ fn hand_written() -> Vec<(&'static str, Value)> {
 
     let kinds: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
     let channel_settings = json!({
-        "description": "A channel: `kind`, `shared` (admins) and the kind's settings, flat. Secrets left out or sent as `***` keep their stored value. The settings each kind needs are checked: `400 invalid_channel`.",
+        "description": "A channel: `kind`, `shared` (admins) and the kind's settings, flat. Secrets left out or sent as `***` keep their stored value. Each kind's settings are checked when saved — a setting the kind does not have, a missing or mistyped one, a bad URL: `400 invalid_channel`, naming the setting. Read-only fields of a read (`owner`, `created_at`, `updated_at`, `circuit`) are accepted and ignored.",
         "type": "object",
         "properties": {
             "kind": { "type": "string", "enum": kinds, "description": "required for a new channel" },
@@ -326,13 +326,25 @@ fn hand_written() -> Vec<(&'static str, Value)> {
             "owner": { "readOnly": true },
             "created_at": { "readOnly": true },
             "updated_at": { "readOnly": true },
+            "circuit": { "readOnly": true },
         },
         "additionalProperties": true,
     });
-    let channel = json!({
-        "description": "A channel, secrets shown as `***`.",
+    let circuit = json!({
+        "description": "The channel's circuit breaker: `closed` (sends go), `open` until `until` after `failures` consecutive failures of the receiver (deliveries wait without spending attempts), then `half-open` (the next send tries; a failure opens it again, a success closes it).",
         "type": "object",
-        "required": ["name", "kind", "owner", "shared", "created_at", "updated_at"],
+        "required": ["state", "failures"],
+        "properties": {
+            "state": { "type": "string", "enum": ["closed", "half-open", "open"] },
+            "until": { "type": "integer", "description": "while open: when the next send may try (ms since the epoch)" },
+            "failures": { "type": "integer", "minimum": 0 },
+        },
+        "additionalProperties": false,
+    });
+    let channel = json!({
+        "description": "A channel, secrets shown as `***`, with its circuit breaker.",
+        "type": "object",
+        "required": ["name", "kind", "owner", "shared", "created_at", "updated_at", "circuit"],
         "properties": {
             "name": { "type": "string" },
             "kind": { "type": "string", "enum": kinds },
@@ -340,6 +352,7 @@ fn hand_written() -> Vec<(&'static str, Value)> {
             "shared": { "type": "boolean" },
             "created_at": { "type": "integer" },
             "updated_at": { "type": "integer" },
+            "circuit": circuit,
         },
         "additionalProperties": true,
     });

@@ -1,12 +1,20 @@
-//! Channel kinds: the settings each takes, which of them are secrets, and how settings are
-//! checked, sealed for storage and shown.
+//! Channel kinds: which settings are secrets, how settings are sealed for storage and shown,
+//! and [`Settings`], each kind's settings parsed into its typed struct (which builds its
+//! notifier).
 //!
 //! Secrets (webhook URLs, routing keys, tokens, passwords) are write-only: a read shows
 //! `"***"`, and an update that leaves one out or sends `"***"` keeps the stored value.
 //! [`Secrets`] is that rule, used for channels and for the SMTP settings alike.
 
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::{
+    Notifier, Senders, amqp, email, kafka, mqtt, nats, pagerduty, redis, slack, sms, teams, webhook,
+};
 use crate::crypto::SecretBox;
 
 /// What is shown instead of a secret.
@@ -167,11 +175,29 @@ impl Secrets {
     }
 }
 
-/// The settings of one kind of channel.
+/// A secret setting's value, opened. It does not print (`Debug` shows `***`), so a settings
+/// struct can be logged or put in an error without leaking it; [`Secret::expose`] is the one
+/// way to the value, where it is sent.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
+
+/// One kind of channel: its name and where its secrets sit. Its settings are the struct of
+/// its module (`webhook::Settings`, …), parsed by [`Settings::parse`].
 pub struct Kind {
     pub name: &'static str,
-    pub required: &'static [&'static str],
-    pub optional: &'static [&'static str],
     pub secrets: Secrets,
 }
 
@@ -182,8 +208,6 @@ const fn secrets(fields: &'static [&'static str]) -> Secrets {
 pub const KINDS: &[Kind] = &[
     Kind {
         name: "webhook",
-        required: &["url"],
-        optional: &["headers", "secret", "body"],
         secrets: Secrets {
             fields: &["url", "secret"],
             maps: &["headers"],
@@ -191,64 +215,44 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         name: "slack",
-        required: &["webhook_url"],
-        optional: &[],
         secrets: secrets(&["webhook_url"]),
     },
     Kind {
         name: "teams",
-        required: &["webhook_url"],
-        optional: &["card"],
         secrets: secrets(&["webhook_url"]),
     },
     Kind {
         name: "pagerduty",
-        required: &["routing_key"],
-        optional: &["url"],
         secrets: secrets(&["routing_key"]),
     },
     Kind {
         name: "sms",
-        required: &["url", "account", "from", "to"],
-        optional: &["token"],
         secrets: secrets(&["token"]),
     },
     Kind {
         name: "email",
-        required: &["to"],
-        optional: &["format"],
         secrets: secrets(&[]),
     },
-    // The URL may carry credentials, so it is a secret.
+    // A broker URL may carry credentials, so it is a secret.
     Kind {
         name: "nats",
-        required: &["url", "topic"],
-        optional: &[],
         secrets: secrets(&["url"]),
     },
     Kind {
         name: "redis",
-        required: &["url", "topic"],
-        optional: &["mode"],
         secrets: secrets(&["url"]),
     },
     Kind {
         name: "mqtt",
-        required: &["url", "topic"],
-        optional: &["qos", "username", "password"],
         secrets: secrets(&["url", "password"]),
     },
     Kind {
         name: "amqp",
-        required: &["url", "topic"],
-        optional: &["exchange"],
         secrets: secrets(&["url"]),
     },
     // Kafka credentials are separate settings, so its broker list is not a secret.
     Kind {
         name: "kafka",
-        required: &["url", "topic"],
-        optional: &["username", "password", "sasl_mechanism", "ca_file"],
         secrets: secrets(&["password"]),
     },
 ];
@@ -257,175 +261,151 @@ pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
 }
 
-/// Checks a channel's settings (everything but `name`, `kind`, `shared`) for its kind.
-pub fn validate(kind_name: &str, settings: &Map<String, Value>) -> Result<(), String> {
-    let Some(kind) = kind(kind_name) else {
-        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-        return Err(format!(
-            "`kind`: `{kind_name}` is not one of {}",
-            names.join(", ")
-        ));
-    };
-    for field in settings.keys() {
-        if !kind.required.contains(&field.as_str()) && !kind.optional.contains(&field.as_str()) {
-            return Err(format!(
-                "`{field}` is not a setting of a {kind_name} channel"
-            ));
-        }
+/// A channel's settings, parsed and checked: the struct of its kind. Parsed when a channel is
+/// saved (so a mistake is a `400` then, not a dead delivery later) and again, from the stored
+/// settings with their secrets opened, each time the channel sends.
+#[derive(Debug)]
+pub enum Settings {
+    Webhook(webhook::Settings),
+    Slack(slack::Settings),
+    Teams(teams::Settings),
+    PagerDuty(pagerduty::Settings),
+    Sms(sms::Settings),
+    Email(email::Settings),
+    Nats(nats::Settings),
+    Redis(redis::Settings),
+    Mqtt(mqtt::Settings),
+    Amqp(amqp::Settings),
+    Kafka(kafka::Settings),
+}
+
+/// What a kind's settings struct adds to its serde shape.
+pub trait Check {
+    /// The checks serde cannot express (a URL's scheme, a key's length, …).
+    fn check(&self) -> Result<(), String> {
+        Ok(())
     }
-    for field in kind.required {
-        if settings.get(*field).is_none_or(|v| v.is_null() || v == "") {
-            return Err(format!("a {kind_name} channel needs `{field}`"));
-        }
-    }
-    let string = |f: &str| match settings.get(f) {
-        None | Some(Value::String(_)) => Ok(()),
-        Some(_) => Err(format!("`{f}` must be a string")),
-    };
-    match kind_name {
-        "webhook" => {
-            string("url")?;
-            string("secret")?;
-            string("body")?;
-            check_url(settings, "url", true)?;
-            if let Some(h) = settings.get("headers") {
-                let Value::Object(h) = h else {
-                    return Err("`headers` must be an object of strings".into());
-                };
-                check_headers(h)?;
-            }
-            if let Some(Value::String(body)) = settings.get("body") {
-                tellify_core::template::Templates::compile([("body".to_owned(), body.as_str())])
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        "slack" | "teams" => {
-            string("webhook_url")?;
-            check_url(settings, "webhook_url", true)?;
-            if let Some(card) = settings.get("card")
-                && card != "adaptive"
-                && card != "legacy"
-            {
-                return Err("`card` must be `adaptive` (a Workflows webhook) or `legacy` (an Office 365 connector)".into());
-            }
-        }
-        "pagerduty" => {
-            string("routing_key")?;
-            string("url")?;
-            check_url(settings, "url", false)?;
-            // PagerDuty refuses any other key with a 400: say so now, not in a dead delivery.
-            if let Some(key) = settings.get("routing_key").and_then(Value::as_str)
-                && key.chars().count() != 32
-            {
-                return Err("`routing_key` must be the 32 characters of an integration key".into());
-            }
-        }
-        "sms" => {
-            for f in ["url", "account", "from", "token"] {
-                string(f)?;
-            }
-            check_url(settings, "url", false)?;
-            recipients(settings.get("to")).map_err(|e| format!("`to`: {e}"))?;
-        }
-        "nats" | "redis" | "mqtt" | "amqp" => {
-            for f in ["url", "topic", "mode", "username", "password", "exchange"] {
-                string(f)?;
-            }
-            let schemes: &[&str] = match kind_name {
-                "nats" => &["nats://", "tls://"],
-                "redis" => &["redis://", "rediss://"],
-                "mqtt" => &["mqtt://", "tcp://"],
-                _ => &["amqp://", "amqps://"],
-            };
-            if let Some(url) = settings.get("url").and_then(Value::as_str)
-                && !schemes.iter().any(|s| url.starts_with(s))
-            {
-                return Err(format!("`url` must start with {}", schemes.join(" or ")));
-            }
-            if let Some(mode) = settings.get("mode")
-                && mode != "stream"
-                && mode != "pubsub"
-            {
-                return Err("`mode` must be `stream` or `pubsub`".into());
-            }
-            if let Some(q) = settings.get("qos")
-                && q != 0
-                && q != 1
-            {
-                return Err("`qos` must be 0 or 1".into());
-            }
-        }
-        "kafka" => {
-            for f in [
-                "url",
-                "topic",
-                "username",
-                "password",
-                "sasl_mechanism",
-                "ca_file",
-            ] {
-                string(f)?;
-            }
-            let url = settings.get("url").and_then(Value::as_str).unwrap_or("");
-            let Some((_, servers)) = crate::notify::kafka::parse_url(url) else {
-                return Err("`url` must start with kafka:// or kafkas://".into());
-            };
-            if servers.split(',').any(|hp| {
-                hp.rsplit_once(':')
-                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            }) {
-                return Err("`url` must list brokers as host:port, separated by commas".into());
-            }
-            // The broker list is shown on reads: credentials go in `username` and `password`.
-            if servers.contains('@') {
-                return Err(
-                    "`url` must not carry credentials (it is shown on reads): use `username` and `password`"
-                        .into(),
-                );
-            }
-            if settings.contains_key("username") && !settings.contains_key("password") {
-                return Err("a Kafka `username` needs a `password` (SASL)".into());
-            }
-            if let Some(m) = settings.get("sasl_mechanism").and_then(Value::as_str)
-                && !crate::notify::kafka::MECHANISMS.contains(&m)
-            {
+}
+
+impl Settings {
+    /// Parses `settings` (everything but `name`, `kind`, `shared`) as a `kind` channel's. The
+    /// error names the setting at fault.
+    pub fn parse(kind_name: &str, settings: &Map<String, Value>) -> Result<Self, String> {
+        Ok(match kind_name {
+            "webhook" => Self::Webhook(typed(settings)?),
+            "slack" => Self::Slack(typed(settings)?),
+            "teams" => Self::Teams(typed(settings)?),
+            "pagerduty" => Self::PagerDuty(typed(settings)?),
+            "sms" => Self::Sms(typed(settings)?),
+            "email" => Self::Email(typed(settings)?),
+            "nats" => Self::Nats(typed(settings)?),
+            "redis" => Self::Redis(typed(settings)?),
+            "mqtt" => Self::Mqtt(typed(settings)?),
+            "amqp" => Self::Amqp(typed(settings)?),
+            "kafka" => Self::Kafka(typed(settings)?),
+            _ => {
+                let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
                 return Err(format!(
-                    "`sasl_mechanism` must be one of {}",
-                    crate::notify::kafka::MECHANISMS.join(", ")
+                    "`kind`: `{kind_name}` is not one of {}",
+                    names.join(", ")
                 ));
             }
-            let topic = settings.get("topic").and_then(Value::as_str).unwrap_or("");
-            if topic.len() > 249
-                || !topic
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                return Err("`topic` must be up to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`".into());
-            }
+        })
+    }
+
+    /// The notifier that sends with these settings, through the server's shared clients.
+    pub fn notifier(self, senders: &Senders) -> Box<dyn Notifier> {
+        match self {
+            Self::Webhook(settings) => Box::new(webhook::Webhook {
+                http: senders.http.clone(),
+                settings,
+            }),
+            Self::Slack(settings) => Box::new(slack::Slack {
+                http: senders.http.clone(),
+                settings,
+            }),
+            Self::Teams(settings) => Box::new(teams::Teams {
+                http: senders.http.clone(),
+                settings,
+            }),
+            Self::PagerDuty(settings) => Box::new(pagerduty::PagerDuty {
+                http: senders.http.clone(),
+                settings,
+            }),
+            Self::Sms(settings) => Box::new(sms::Sms {
+                http: senders.http.clone(),
+                settings,
+            }),
+            Self::Email(settings) => Box::new(email::Email {
+                smtp: senders.smtp.clone(),
+                transports: senders.smtp_transports.clone(),
+                settings,
+            }),
+            Self::Nats(settings) => Box::new(nats::Nats {
+                clients: senders.nats.clone(),
+                settings,
+            }),
+            Self::Redis(settings) => Box::new(redis::Redis {
+                clients: senders.redis.clone(),
+                settings,
+            }),
+            Self::Mqtt(settings) => Box::new(mqtt::Mqtt {
+                clients: senders.mqtt.clone(),
+                settings,
+            }),
+            Self::Amqp(settings) => Box::new(amqp::Amqp {
+                clients: senders.amqp.clone(),
+                settings,
+            }),
+            Self::Kafka(settings) => Box::new(kafka::Kafka {
+                clients: senders.kafka.clone(),
+                settings,
+            }),
         }
-        "email" => {
-            let to = recipients(settings.get("to")).map_err(|e| format!("`to`: {e}"))?;
-            if let Some(bad) = to.iter().find(|a| !a.contains('@')) {
-                return Err(format!("`to`: `{bad}` is not an email address"));
+    }
+}
+
+/// Deserializes and checks one kind's settings; serde refuses unknown settings (each struct
+/// denies them) and missing or mistyped ones, and the message names the setting.
+fn typed<T: DeserializeOwned + Check>(settings: &Map<String, Value>) -> Result<T, String> {
+    let parsed: T =
+        serde_path_to_error::deserialize(Value::Object(settings.clone())).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." || inner.contains(&format!("`{path}`")) {
+                inner
+            } else {
+                format!("`{path}`: {inner}")
             }
-            if let Some(f) = settings.get("format")
-                && f != "html"
-                && f != "text"
-            {
-                return Err("`format` must be `html` or `text`".into());
-            }
-        }
-        _ => {}
+        })?;
+    parsed.check()?;
+    Ok(parsed)
+}
+
+/// A required string setting must not be empty.
+pub fn required(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("`{field}` must not be empty"));
+    }
+    Ok(())
+}
+
+/// Checks a channel's settings (everything but `name`, `kind`, `shared`) for its kind.
+pub fn validate(kind_name: &str, settings: &Map<String, Value>) -> Result<(), String> {
+    Settings::parse(kind_name, settings).map(drop)
+}
+
+/// A broker URL must have one of its client's schemes.
+pub fn check_scheme(url: &str, schemes: &[&str]) -> Result<(), String> {
+    if !schemes.iter().any(|s| url.starts_with(s)) {
+        return Err(format!("`url` must start with {}", schemes.join(" or ")));
     }
     Ok(())
 }
 
 /// Checks an http(s) URL setting. One that is not a secret is shown on reads, so it may not
 /// carry credentials (`https://user:password@…`).
-fn check_url(settings: &Map<String, Value>, field: &str, secret: bool) -> Result<(), String> {
-    let Some(u) = settings.get(field).and_then(Value::as_str) else {
-        return Ok(());
-    };
+pub fn check_url(u: &str, field: &str, secret: bool) -> Result<(), String> {
     let bad = || format!("`{field}` must be an http:// or https:// URL");
     let url = reqwest::Url::parse(u).map_err(|_| bad())?;
     if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
@@ -451,14 +431,12 @@ const RESERVED_HEADERS: &[&str] = &[
 
 /// Webhook headers: each name an HTTP token, each value a string an HTTP header may hold
 /// (no CR, LF or other control characters), so nothing can be smuggled into the request.
-fn check_headers(headers: &Map<String, Value>) -> Result<(), String> {
+pub fn check_headers(headers: &BTreeMap<String, Secret>) -> Result<(), String> {
     if headers.len() > 50 {
         return Err("`headers`: at most 50 headers".into());
     }
     for (name, value) in headers {
-        let Value::String(value) = value else {
-            return Err("`headers` must be an object of strings".into());
-        };
+        let value = value.expose();
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(format!(
                 "`headers`: {name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
@@ -475,6 +453,14 @@ fn check_headers(headers: &Map<String, Value>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Deserializes a list of recipients (see [`recipients`]).
+pub fn deserialize_recipients<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    let v = Value::deserialize(d)?;
+    recipients(Some(&v)).map_err(serde::de::Error::custom)
 }
 
 /// A list of recipients: an array of strings, or one string (comma-separated allowed).
@@ -644,11 +630,111 @@ mod tests {
             (json!({"X A": "v"}), "not an HTTP header name"),
             (json!({"": "v"}), "not an HTTP header name"),
             (json!({"Content-Length": "1"}), "set by Tellify"),
-            (json!({"X-A": 1}), "object of strings"),
+            (
+                json!({"X-A": 1}),
+                "`headers.X-A`: invalid type: integer `1`, expected a string",
+            ),
         ] {
             let err = ok(headers.clone()).expect_err("refused");
             assert!(err.contains(says), "{headers}: {err}");
             assert!(!err.contains("Evil: 1"), "the value is not echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn typed_settings_name_the_setting_at_fault_and_never_print_a_secret() {
+        let err = validate(
+            "webhook",
+            &map(json!({"url": "https://x.example", "colour": "red"})),
+        )
+        .expect_err("unknown");
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        let err =
+            validate("redis", &map(json!({"url": "redis://h", "topic": 7}))).expect_err("mistyped");
+        assert!(err.starts_with("`topic`:"), "{err}");
+        let err = validate(
+            "mqtt",
+            &map(json!({"url": "mqtt://h", "topic": "t", "qos": 2})),
+        )
+        .expect_err("qos");
+        assert!(err.contains("qos"), "{err}");
+        let err = validate("kafka", &map(json!({"topic": "t"}))).expect_err("missing");
+        assert!(err.contains("missing field `url`"), "{err}");
+        // Debug of parsed settings shows every secret as ***.
+        let parsed = Settings::parse(
+            "webhook",
+            &map(
+                json!({"url": "https://hook.example/T0KEN", "secret": "s3cret",
+                "headers": {"Authorization": "Bearer t0ken"}}),
+            ),
+        )
+        .expect("valid");
+        let shown = format!("{parsed:?}");
+        for secret in ["T0KEN", "s3cret", "t0ken"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("Authorization") && shown.contains("***"),
+            "{shown}"
+        );
+    }
+
+    /// The secrets a read hides (`KINDS`) and the fields typed [`Secret`] are the same ones:
+    /// each setting's value shows in the parsed settings' Debug exactly when reads show it.
+    #[test]
+    fn the_secrets_hidden_on_reads_are_the_fields_typed_secret() {
+        let key = "R0UT1NGKEY0123456789abcdefABCDEF";
+        let examples = [
+            (
+                "webhook",
+                json!({"url": "https://u.example/S1", "secret": "S2", "body": "B3"}),
+            ),
+            ("slack", json!({"webhook_url": "https://hooks.example/S4"})),
+            ("teams", json!({"webhook_url": "https://teams.example/S5"})),
+            (
+                "pagerduty",
+                json!({"routing_key": key, "url": "https://pd.example/P6"}),
+            ),
+            (
+                "sms",
+                json!({"url": "https://sms.example/M7", "account": "AC8", "from": "+19",
+                "token": "T10", "to": "+211"}),
+            ),
+            ("email", json!({"to": "ops@x.example"})),
+            (
+                "nats",
+                json!({"url": "nats://u:N12@h:4222", "topic": "N13"}),
+            ),
+            ("redis", json!({"url": "redis://u:R14@h", "topic": "R15"})),
+            (
+                "mqtt",
+                json!({"url": "mqtt://h:1883/M16", "topic": "M17", "username": "M18",
+                "password": "M19"}),
+            ),
+            (
+                "amqp",
+                json!({"url": "amqp://u:A20@h/%2f", "topic": "A21", "exchange": "A22"}),
+            ),
+            (
+                "kafka",
+                json!({"url": "kafka://h:9092", "topic": "K23", "username": "K24",
+                "password": "K25", "sasl_mechanism": "PLAIN", "ca_file": "/K26.pem"}),
+            ),
+        ];
+        assert_eq!(examples.len(), KINDS.len(), "every kind has an example");
+        for (kind, example) in examples {
+            let example = map(example);
+            let shown = format!("{:?}", Settings::parse(kind, &example).expect(kind));
+            let hidden = hide(kind, example.clone());
+            for (field, value) in &example {
+                let value = value.as_str().expect("string settings");
+                let secret = hidden[field] == HIDDEN;
+                assert_eq!(
+                    !shown.contains(value),
+                    secret,
+                    "{kind}.{field}: hidden on reads: {secret}; Debug: {shown}"
+                );
+            }
         }
     }
 

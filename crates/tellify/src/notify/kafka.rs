@@ -7,12 +7,13 @@
 //! `PLAIN` by default, or `SCRAM-SHA-256` / `SCRAM-SHA-512`).
 //!
 //! A producer keeps connections and metadata, so one is kept per distinct configuration
-//! rather than made per send, and dropped after it has been idle a while (so a deleted
-//! channel, or one whose broker is gone, does not keep reconnecting).
+//! rather than made per send ([`super::pool`]), and dropped after it has been idle a while (so
+//! a deleted channel, or one whose broker is gone, does not keep reconnecting). librdkafka
+//! reconnects by itself, so a failed send does not drop it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -20,34 +21,101 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext};
-use serde_json::{Map, Value};
+use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::{Notification, Notifier, NotifyError, setting, webhook};
+use super::channel::{Check, Secret};
+use super::pool::Pool;
+use super::{Notification, Notifier, NotifyError, webhook};
 
 /// How long one message may take to be acknowledged before the send fails (and is retried by
 /// the outbox). Under the worker's 30-second limit on a send.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Distinct producer configurations kept; past this the cache starts over.
-const MAX_PRODUCERS: usize = 64;
-
-/// A producer unused this long is closed.
-const IDLE: Duration = Duration::from_secs(15 * 60);
-
 pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
-#[derive(Default)]
-pub struct Kafka {
-    producers: Mutex<HashMap<Vec<(&'static str, String)>, Cached>>,
+/// A `kafka` channel's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `kafka://host:port[,host:port…]` or `kafkas://…` (TLS); shown on reads, so it may not
+    /// carry credentials.
+    pub url: String,
+    /// The topic produced to.
+    pub topic: String,
+    /// SASL login (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// `PLAIN` (the default), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    /// A PEM file of a CA to trust besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+impl Check for Settings {
+    fn check(&self) -> Result<(), String> {
+        let Some((_, servers)) = parse_url(&self.url) else {
+            return Err("`url` must start with kafka:// or kafkas://".into());
+        };
+        if servers.split(',').any(|hp| {
+            hp.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return Err("`url` must list brokers as host:port, separated by commas".into());
+        }
+        // The broker list is shown on reads: credentials go in `username` and `password`.
+        if servers.contains('@') {
+            return Err(
+                "`url` must not carry credentials (it is shown on reads): use `username` and `password`"
+                    .into(),
+            );
+        }
+        if self.username.is_some() && self.password.is_none() {
+            return Err("a Kafka `username` needs a `password` (SASL)".into());
+        }
+        if let Some(m) = &self.sasl_mechanism
+            && !MECHANISMS.contains(&m.as_str())
+        {
+            return Err(format!(
+                "`sasl_mechanism` must be one of {}",
+                MECHANISMS.join(", ")
+            ));
+        }
+        let topic = &self.topic;
+        if topic.is_empty()
+            || topic.len() > 249
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err("`topic` must be up to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`".into());
+        }
+        Ok(())
+    }
 }
 
 type Producer = FutureProducer<Quiet>;
 
-struct Cached {
+/// A kept producer and the client errors it has logged.
+#[derive(Clone)]
+pub struct Client {
     producer: Producer,
     logged_errors: LoggedErrors,
-    used: Instant,
+}
+
+/// A producer's librdkafka configuration, as sorted pairs.
+type Config = Vec<(&'static str, String)>;
+
+/// Producers by configuration.
+pub type Clients = Arc<Pool<Config, Client>>;
+
+pub struct Kafka {
+    pub clients: Clients,
+    pub settings: Settings,
 }
 
 /// The client errors logged for a producer since its last successful send.
@@ -82,55 +150,38 @@ impl ClientContext for Quiet {
     }
 }
 
-impl Kafka {
-    fn producer(
-        &self,
-        settings: &Map<String, Value>,
-    ) -> Result<(Producer, LoggedErrors), NotifyError> {
-        let config = client_config(settings)?;
-        let now = Instant::now();
-        let mut producers = self.producers.lock().expect("kafka producers poisoned");
-        producers.retain(|_, c| now.duration_since(c.used) < IDLE);
-        if let Some(c) = producers.get_mut(&config) {
-            c.used = now;
-            return Ok((c.producer.clone(), c.logged_errors.clone()));
-        }
-        let mut client = ClientConfig::new();
-        for (k, v) in &config {
-            client.set(*k, v);
-        }
-        let logged_errors = LoggedErrors::default();
-        let context = Quiet {
-            logged_errors: logged_errors.clone(),
-        };
-        // librdkafka's errors can name brokers: say only what failed.
-        let producer: Producer = client.create_with_context(context).map_err(|e| {
-            NotifyError::permanent(format!("the Kafka settings were refused: {}", code(&e)))
-        })?;
-        if producers.len() >= MAX_PRODUCERS {
-            producers.clear();
-        }
-        producers.insert(
-            config,
-            Cached {
-                producer: producer.clone(),
-                logged_errors: logged_errors.clone(),
-                used: now,
-            },
-        );
-        Ok((producer, logged_errors))
+/// A producer for `config`. Making one starts its threads but connects nothing yet.
+fn producer(config: &Config) -> Result<Client, NotifyError> {
+    let mut client = ClientConfig::new();
+    for (k, v) in config {
+        client.set(*k, v);
     }
+    let logged_errors = LoggedErrors::default();
+    let context = Quiet {
+        logged_errors: logged_errors.clone(),
+    };
+    // librdkafka's errors can name brokers: say only what failed.
+    let producer: Producer = client.create_with_context(context).map_err(|e| {
+        NotifyError::permanent(format!("the Kafka settings were refused: {}", code(&e)))
+    })?;
+    Ok(Client {
+        producer,
+        logged_errors,
+    })
 }
 
 #[async_trait::async_trait]
 impl Notifier for Kafka {
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError> {
-        let topic = setting(settings, "topic")?;
-        let (producer, logged_errors) = self.producer(settings)?;
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError> {
+        let topic = self.settings.topic.as_str();
+        let config = client_config(&self.settings)?;
+        let Client {
+            producer,
+            logged_errors,
+        } = self
+            .clients
+            .client(&config, || async { producer(&config) })
+            .await?;
         let body = webhook::default_body(n).to_string();
         let key = n.first().id.as_str();
         let headers = OwnedHeaders::new()
@@ -170,15 +221,11 @@ pub fn parse_url(url: &str) -> Option<(bool, &str)> {
 }
 
 /// The librdkafka configuration for a channel's settings, as sorted pairs (the cache key).
-fn client_config(
-    settings: &Map<String, Value>,
-) -> Result<Vec<(&'static str, String)>, NotifyError> {
-    let url = setting(settings, "url")?;
-    let (tls, servers) = parse_url(url)
+fn client_config(settings: &Settings) -> Result<Config, NotifyError> {
+    let (tls, servers) = parse_url(&settings.url)
         .ok_or_else(|| NotifyError::permanent("`url` must start with kafka:// or kafkas://"))?;
-    let str_of = |name: &str| settings.get(name).and_then(Value::as_str);
-    let sasl = str_of("username").is_some();
-    let protocol = match (tls, sasl) {
+    let login = settings.username.as_ref().zip(settings.password.as_ref());
+    let protocol = match (tls, login.is_some()) {
         (false, false) => "plaintext",
         (true, false) => "ssl",
         (false, true) => "sasl_plaintext",
@@ -194,16 +241,19 @@ fn client_config(
         ),
         ("client.id", "tellify".to_owned()),
     ];
-    if let Some(ca) = str_of("ca_file") {
-        config.push(("ssl.ca.location", ca.to_owned()));
+    if let Some(ca) = &settings.ca_file {
+        config.push(("ssl.ca.location", ca.clone()));
     }
-    if sasl {
+    if let Some((username, password)) = login {
         config.push((
             "sasl.mechanism",
-            str_of("sasl_mechanism").unwrap_or("PLAIN").to_owned(),
+            settings
+                .sasl_mechanism
+                .clone()
+                .unwrap_or_else(|| "PLAIN".to_owned()),
         ));
-        config.push(("sasl.username", setting(settings, "username")?.to_owned()));
-        config.push(("sasl.password", setting(settings, "password")?.to_owned()));
+        config.push(("sasl.username", username.clone()));
+        config.push(("sasl.password", password.expose().to_owned()));
     }
     config.sort();
     Ok(config)
@@ -249,12 +299,18 @@ fn classify(e: &KafkaError) -> NotifyError {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use std::collections::HashMap;
+
+    use serde_json::{Value, json};
 
     use super::*;
 
+    fn parse(settings: Value) -> Settings {
+        serde_json::from_value(settings).expect("settings")
+    }
+
     fn config(settings: Value) -> HashMap<&'static str, String> {
-        client_config(settings.as_object().expect("object"))
+        client_config(&parse(settings))
             .expect("config")
             .into_iter()
             .collect()
@@ -294,13 +350,8 @@ mod tests {
                 "sasl_mechanism": "SCRAM-SHA-256"}),
             json!({"url": "kafka://a:9092", "topic": "t", "username": "u", "password": "p"}),
         ] {
-            let kafka = Kafka::default();
-            assert!(
-                kafka
-                    .producer(settings.as_object().expect("object"))
-                    .is_ok(),
-                "{settings}"
-            );
+            let config = client_config(&parse(settings.clone())).expect("config");
+            assert!(producer(&config).is_ok(), "{settings}");
         }
     }
 

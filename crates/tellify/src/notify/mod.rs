@@ -7,6 +7,7 @@
 //! a crash between sending and recording leaves them `sending`, and they go again at start.
 
 pub mod amqp;
+pub mod breaker;
 pub mod channel;
 pub mod email;
 pub mod kafka;
@@ -14,6 +15,7 @@ pub mod message;
 pub mod mqtt;
 pub mod nats;
 pub mod pagerduty;
+pub mod pool;
 pub mod redis;
 pub mod slack;
 pub mod sms;
@@ -36,6 +38,7 @@ use crate::clock::Clock;
 use crate::crypto::SecretBox;
 use crate::metrics::{DeliveryLabel, Metrics};
 use crate::store::{Alert, ChannelRow, Delivery, DeliveryOutcome, Outbox};
+pub use breaker::Breakers;
 pub use message::Notification;
 
 /// Why a send failed, and whether trying again can help.
@@ -101,24 +104,57 @@ impl NotifyError {
     }
 }
 
-/// Sends notifications through one kind of channel.
+/// Sends notifications through one channel: made by its kind's settings struct
+/// ([`channel::Settings::notifier`]).
 #[async_trait::async_trait]
 pub trait Notifier: Send + Sync {
-    /// Sends `n` with the channel's opened settings.
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError>;
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError>;
 }
 
-/// A required string setting; its absence is permanent (validation should have caught it).
-pub fn setting<'a>(settings: &'a Map<String, Value>, name: &str) -> Result<&'a str, NotifyError> {
-    settings
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| NotifyError::permanent(format!("the channel has no `{name}`")))
+/// What notifiers send with, shared by all: the HTTP client, the server's SMTP settings, and
+/// the clients kept per connection configuration ([`pool`]).
+#[derive(Default)]
+pub struct Senders {
+    pub http: reqwest::Client,
+    pub smtp: email::SharedSmtp,
+    pub smtp_transports: email::Transports,
+    pub nats: nats::Clients,
+    pub redis: redis::Clients,
+    pub mqtt: mqtt::Clients,
+    pub amqp: amqp::Clients,
+    pub kafka: kafka::Clients,
+}
+
+impl Senders {
+    pub fn new(http: reqwest::Client, smtp: email::SharedSmtp) -> Self {
+        Self {
+            http,
+            smtp,
+            ..Self::default()
+        }
+    }
+
+    /// Drops the kept clients that have been idle too long ([`pool::IDLE`]).
+    pub fn sweep(&self) {
+        self.smtp_transports.sweep();
+        self.nats.sweep();
+        self.redis.sweep();
+        self.mqtt.sweep();
+        self.amqp.sweep();
+        self.kafka.sweep();
+    }
+
+    /// The notifier of a channel of `kind` with `settings` as stored (secrets opened).
+    pub fn notifier(
+        &self,
+        kind: &str,
+        settings: &Map<String, Value>,
+    ) -> Result<Box<dyn Notifier>, NotifyError> {
+        let parsed = channel::Settings::parse(kind, settings).map_err(|e| {
+            NotifyError::permanent(format!("the channel's settings are invalid: {e}"))
+        })?;
+        Ok(parsed.notifier(self))
+    }
 }
 
 /// Sends one request of a notification with Tellify's user agent and an idempotency key, and
@@ -209,6 +245,11 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Channel breakers that open as this policy says.
+    pub fn breakers(&self) -> Breakers {
+        Breakers::new(self.breaker_failures, self.breaker_open)
+    }
+
     /// The delay before attempt `attempts + 1`, after `attempts` failures.
     pub fn backoff(&self, attempts: i64, retry_after: Option<Duration>) -> Duration {
         let exp = u32::try_from(attempts.clamp(1, 30) - 1).unwrap_or(0);
@@ -224,44 +265,16 @@ impl Policy {
     }
 }
 
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    open_until: i64,
-}
-
 /// The delivery worker.
 pub struct Worker {
     pub outbox: Arc<dyn Outbox>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub keys: SecretBox,
-    pub notifiers: HashMap<&'static str, Arc<dyn Notifier>>,
+    pub senders: Arc<Senders>,
+    pub breakers: Arc<Breakers>,
     pub policy: Policy,
     pub wake: Arc<Notify>,
-}
-
-/// The notifiers of every kind this build can send.
-pub fn notifiers(
-    http: reqwest::Client,
-    smtp: email::SharedSmtp,
-) -> HashMap<&'static str, Arc<dyn Notifier>> {
-    let mut out: HashMap<&'static str, Arc<dyn Notifier>> = HashMap::new();
-    out.insert("webhook", Arc::new(webhook::Webhook { http: http.clone() }));
-    out.insert("slack", Arc::new(slack::Slack { http: http.clone() }));
-    out.insert("teams", Arc::new(teams::Teams { http: http.clone() }));
-    out.insert(
-        "pagerduty",
-        Arc::new(pagerduty::PagerDuty { http: http.clone() }),
-    );
-    out.insert("sms", Arc::new(sms::Sms { http }));
-    out.insert("email", Arc::new(email::Email { smtp }));
-    out.insert("nats", Arc::new(nats::Nats));
-    out.insert("redis", Arc::new(redis::Redis));
-    out.insert("mqtt", Arc::new(mqtt::Mqtt));
-    out.insert("amqp", Arc::new(amqp::Amqp));
-    out.insert("kafka", Arc::new(kafka::Kafka::default()));
-    out
 }
 
 impl Worker {
@@ -276,12 +289,15 @@ impl Worker {
                 warn!(message = "Failed to reset interrupted deliveries.", error = %format!("{e:#}"))
             }
         }
-        let mut breakers: HashMap<(String, String), Breaker> = HashMap::new();
         // Once told to stop (after the engine has stopped), the worker sends what is due and
         // then returns: the last alerts before a stop go out, and nothing stays `sending`.
         let mut stopping = false;
         loop {
             let now = self.clock.now();
+            // Breakers half-open as time passes, not only when a send changes them; idle
+            // clients close even if their kind sends nothing more.
+            self.breakers.publish(&self.metrics, now);
+            self.senders.sweep();
             let claimed = match self.outbox.claim_deliveries(now, 64).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -290,7 +306,7 @@ impl Worker {
                 }
             };
             if !claimed.is_empty() {
-                self.send_all(claimed, &mut breakers).await;
+                self.send_all(claimed).await;
                 continue;
             }
             if stopping {
@@ -312,11 +328,7 @@ impl Worker {
 
     /// Sends claimed deliveries: digests grouped into one message, the rest one by one, in
     /// parallel across channels.
-    async fn send_all(
-        &self,
-        claimed: Vec<Delivery>,
-        breakers: &mut HashMap<(String, String), Breaker>,
-    ) {
+    async fn send_all(&self, claimed: Vec<Delivery>) {
         let mut groups: Vec<Vec<Delivery>> = Vec::new();
         let mut by_digest: HashMap<String, usize> = HashMap::new();
         for d in claimed {
@@ -351,13 +363,12 @@ impl Worker {
         for group in groups {
             let first = &group[0];
             let channel = (first.channel_owner.clone(), first.channel.clone());
-            let breaker = breakers.entry(channel.clone()).or_default();
-            if breaker.open_until > now {
+            if let Some(open_until) = self.breakers.open_until(&channel, now) {
                 // The channel is failing: wait for the breaker without spending an attempt.
                 let ids: Vec<String> = group.iter().map(|d| d.id.clone()).collect();
                 let outcome = DeliveryOutcome::Retry {
                     error: "circuit breaker open: the channel keeps failing".into(),
-                    next_attempt_at: breaker.open_until,
+                    next_attempt_at: open_until,
                     counts: false,
                 };
                 self.count(&outcome, &group);
@@ -374,19 +385,15 @@ impl Worker {
             let now = self.clock.now();
             let ids: Vec<String> = group.iter().map(|d| d.id.clone()).collect();
             let attempts = group.iter().map(|d| d.attempts).max().unwrap_or(0) + 1;
-            let breaker = breakers.entry(channel).or_default();
             let outcome = match result {
                 Ok(()) => {
-                    breaker.failures = 0;
+                    self.breakers.succeeded(&channel);
                     DeliveryOutcome::Sent { at: now }
                 }
                 Err(e) => {
                     // Only failures of the receiver count against it, not refusals of one message.
                     if e.retryable {
-                        breaker.failures += 1;
-                        if breaker.failures >= self.policy.breaker_failures {
-                            breaker.open_until = now + self.policy.breaker_open.as_millis() as i64;
-                        }
+                        self.breakers.failed(&channel, now);
                     }
                     if e.retryable && attempts < self.policy.max_attempts {
                         let delay = self.policy.backoff(attempts, e.retry_after);
@@ -464,12 +471,12 @@ impl Worker {
             .ok_or_else(|| {
                 NotifyError::permanent(format!("the channel `{}` no longer exists", first.channel))
             })?;
-        let notifier = self.notifiers.get(channel.kind.as_str()).ok_or_else(|| {
-            NotifyError::permanent(format!(
+        if channel::kind(&channel.kind).is_none() {
+            return Err(NotifyError::permanent(format!(
                 "`{}` channels cannot send in this version",
                 channel.kind
-            ))
-        })?;
+            )));
+        }
         let settings = match channel.settings {
             Value::Object(m) => channel::open(&channel.kind, m, &self.keys).map_err(|_| {
                 NotifyError::permanent("the channel's secrets do not open with this server's key")
@@ -511,7 +518,8 @@ impl Worker {
                 .and_then(|f| serde_json::from_value(Value::String(f.to_owned())).ok()),
             template: first.template.clone(),
         };
-        send_in_time(notifier.as_ref(), &settings, &n).await
+        let notifier = self.senders.notifier(&channel.kind, &settings)?;
+        send_in_time(notifier.as_ref(), &n).await
     }
 }
 
@@ -520,12 +528,8 @@ impl Worker {
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends `n`, failing (retryably) after [`SEND_TIMEOUT`].
-pub async fn send_in_time(
-    notifier: &dyn Notifier,
-    settings: &Map<String, Value>,
-    n: &Notification,
-) -> Result<(), NotifyError> {
-    match tokio::time::timeout(SEND_TIMEOUT, notifier.send(settings, n)).await {
+pub async fn send_in_time(notifier: &dyn Notifier, n: &Notification) -> Result<(), NotifyError> {
+    match tokio::time::timeout(SEND_TIMEOUT, notifier.send(n)).await {
         Ok(result) => result,
         Err(_) => Err(NotifyError::retry(format!(
             "timed out after {} s",

@@ -16,20 +16,46 @@
 use std::collections::BTreeMap;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tellify_core::alert::Severity;
 use tellify_core::subscription::Trigger;
 
+use super::channel::{Check, Secret, check_url};
 use super::message::truncate;
-use super::{Fanout, Notification, Notifier, NotifyError, send_http, setting};
+use super::{Fanout, Notification, Notifier, NotifyError, send_http};
 use crate::store::Alert;
 
 /// Where events go unless the channel says otherwise.
 pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
+/// A `pagerduty` channel's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The integration key of an Events API v2 integration (32 characters).
+    pub routing_key: Secret,
+    /// Where events go (default: [`DEFAULT_URL`]), say a proxy; shown on reads.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl Check for Settings {
+    fn check(&self) -> Result<(), String> {
+        // PagerDuty refuses any other key with a 400: say so now, not in a dead delivery.
+        if self.routing_key.expose().chars().count() != 32 {
+            return Err("`routing_key` must be the 32 characters of an integration key".into());
+        }
+        if let Some(url) = &self.url {
+            check_url(url, "url", false)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct PagerDuty {
     pub http: reqwest::Client,
+    pub settings: Settings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,15 +180,12 @@ pub fn event<'a>(routing_key: &'a str, trigger: Trigger, a: &'a Alert) -> Event<
 
 #[async_trait::async_trait]
 impl Notifier for PagerDuty {
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError> {
-        let routing_key = setting(settings, "routing_key")?;
-        let url = settings
-            .get("url")
-            .and_then(Value::as_str)
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError> {
+        let routing_key = self.settings.routing_key.expose();
+        let url = self
+            .settings
+            .url
+            .as_deref()
             .filter(|u| !u.is_empty())
             .unwrap_or(DEFAULT_URL);
         let mut fanout = Fanout::default();

@@ -9,10 +9,12 @@
 //! Slack answers `200 ok`; anything else is an error (`invalid_payload`, `channel_not_found`,
 //! …) classified by its status.
 
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
+use super::channel::{Check, Secret, check_url};
 use super::message::{time, truncate};
-use super::{Notification, Notifier, NotifyError, send_http, setting};
+use super::{Notification, Notifier, NotifyError, send_http};
 use crate::store::Alert;
 
 /// Block Kit's limits.
@@ -24,8 +26,23 @@ const SECTION_CHARS: usize = 3000;
 const FIELD_CHARS: usize = 2000;
 const BUTTON_CHARS: usize = 75;
 
+/// A `slack` channel's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The incoming webhook's URL; a secret (it is the credential).
+    pub webhook_url: Secret,
+}
+
+impl Check for Settings {
+    fn check(&self) -> Result<(), String> {
+        check_url(self.webhook_url.expose(), "webhook_url", true)
+    }
+}
+
 pub struct Slack {
     pub http: reqwest::Client,
+    pub settings: Settings,
 }
 
 /// Escapes the three characters Slack's mrkdwn treats as control characters.
@@ -139,12 +156,8 @@ pub fn message(n: &Notification) -> Value {
 
 #[async_trait::async_trait]
 impl Notifier for Slack {
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError> {
-        let url = setting(settings, "webhook_url")?;
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError> {
+        let url = self.settings.webhook_url.expose();
         send_http(self.http.post(url).json(&message(n)), &n.id).await?;
         Ok(())
     }

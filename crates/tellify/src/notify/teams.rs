@@ -12,10 +12,12 @@
 //!
 //! A digest is one card with a line per alert, its links inline.
 
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
+use super::channel::{Check, Secret, check_url};
 use super::message::truncate;
-use super::{Notification, Notifier, NotifyError, send_http, setting};
+use super::{Notification, Notifier, NotifyError, send_http};
 use crate::store::Alert;
 use tellify_core::alert::Severity;
 
@@ -24,8 +26,37 @@ const DIGEST_LINES: usize = 50;
 /// Buttons on an Adaptive Card; Teams draws no more than this.
 const MAX_ACTIONS: usize = 6;
 
+/// A `teams` channel's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The webhook's URL; a secret (it is the credential).
+    pub webhook_url: Secret,
+    /// Which card the webhook takes.
+    #[serde(default)]
+    pub card: Card,
+}
+
+/// The card layout a Teams webhook takes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Card {
+    /// An Adaptive Card, for a Workflows webhook (the default).
+    #[default]
+    Adaptive,
+    /// A MessageCard, for an Office 365 connector.
+    Legacy,
+}
+
+impl Check for Settings {
+    fn check(&self) -> Result<(), String> {
+        check_url(self.webhook_url.expose(), "webhook_url", true)
+    }
+}
+
 pub struct Teams {
     pub http: reqwest::Client,
+    pub settings: Settings,
 }
 
 /// The Adaptive Card colour of a title: how much attention it needs.
@@ -199,13 +230,9 @@ pub fn legacy(n: &Notification) -> Value {
 
 #[async_trait::async_trait]
 impl Notifier for Teams {
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError> {
-        let url = setting(settings, "webhook_url")?;
-        let is_legacy = settings.get("card").and_then(Value::as_str) == Some("legacy");
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError> {
+        let url = self.settings.webhook_url.expose();
+        let is_legacy = self.settings.card == Card::Legacy;
         let body = if is_legacy { legacy(n) } else { adaptive(n) };
         let resp = send_http(self.http.post(url).json(&body), &n.id).await?;
         if is_legacy {

@@ -2,14 +2,48 @@
 //! `X-Tellify-Signature: sha256=HEX` (HMAC-SHA256 of the body with the channel's secret) and
 //! carrying `Idempotency-Key: <delivery id>` so a receiver can drop a repeat.
 
+use std::collections::BTreeMap;
+
 use hmac::{Hmac, Mac};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{Notification, Notifier, NotifyError, send_http, setting};
+use super::channel::{Check, Secret, check_headers, check_url};
+use super::{Notification, Notifier, NotifyError, send_http};
+
+/// A `webhook` channel's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where the body is posted (http or https). A secret: it may carry a token.
+    pub url: Secret,
+    /// Signs the body: `X-Tellify-Signature: sha256=HEX`.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Headers sent with each request; their values are secrets (shown as `***`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// A template of the body; the default body is the alert JSON.
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+impl Check for Settings {
+    fn check(&self) -> Result<(), String> {
+        check_url(self.url.expose(), "url", true)?;
+        check_headers(&self.headers)?;
+        if let Some(body) = &self.body {
+            tellify_core::template::Templates::compile([("body".to_owned(), body.as_str())])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
 
 pub struct Webhook {
     pub http: reqwest::Client,
+    pub settings: Settings,
 }
 
 /// The default body: the trigger and the alert (or, for a digest, the alerts).
@@ -40,13 +74,9 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 
 #[async_trait::async_trait]
 impl Notifier for Webhook {
-    async fn send(
-        &self,
-        settings: &Map<String, Value>,
-        n: &Notification,
-    ) -> Result<(), NotifyError> {
-        let url = setting(settings, "url")?;
-        let (body, content_type) = match settings.get("body").and_then(Value::as_str) {
+    async fn send(&self, n: &Notification) -> Result<(), NotifyError> {
+        let settings = &self.settings;
+        let (body, content_type) = match settings.body.as_deref() {
             Some(template) => {
                 let ctx = tellify_core::template::to_value(json!({
                     "trigger": n.trigger.as_str(), "alert": n.first(), "alerts": n.alerts,
@@ -66,17 +96,16 @@ impl Notifier for Webhook {
         };
         let mut req = self
             .http
-            .post(url)
+            .post(settings.url.expose())
             .header(reqwest::header::CONTENT_TYPE, content_type);
-        if let Some(secret) = settings.get("secret").and_then(Value::as_str) {
-            req = req.header("X-Tellify-Signature", sign(secret, body.as_bytes()));
+        if let Some(secret) = &settings.secret {
+            req = req.header(
+                "X-Tellify-Signature",
+                sign(secret.expose(), body.as_bytes()),
+            );
         }
-        if let Some(Value::Object(headers)) = settings.get("headers") {
-            for (name, value) in headers {
-                if let Some(v) = value.as_str() {
-                    req = req.header(name.as_str(), v);
-                }
-            }
+        for (name, value) in &settings.headers {
+            req = req.header(name.as_str(), value.expose());
         }
         send_http(req.body(body), &n.id).await.map(|_| ())
     }

@@ -149,6 +149,36 @@ async fn mqtt_topic_gets_the_alert() {
         }
     };
     assert_alert(&serde_json::from_slice(&body).expect("json"), "mqtt");
+
+    // More notifications go over the kept connection, each sent once the broker has it
+    // (QoS 1), or once written (QoS 0).
+    for _ in 0..3 {
+        test_send(&server, "mqtt").await;
+    }
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/mqtt",
+            &json!({"kind": "mqtt", "url": "***", "topic": topic, "qos": 0}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    test_send(&server, "mqtt").await;
+    let mut tests = 0;
+    while tests < 4 {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll())
+            .await
+            .expect("the test messages in time")
+        {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                let body: Value = serde_json::from_slice(&p.payload).expect("json");
+                assert_eq!(body["alert"]["rule"], "tellify-test", "{body}");
+                tests += 1;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -198,6 +228,20 @@ async fn amqp_queue_gets_the_alert() {
             .map(|c| c.as_str()),
         Some("application/json")
     );
+
+    // More notifications go over the kept connection, each confirmed by the broker.
+    for _ in 0..3 {
+        test_send(&server, "amqp").await;
+    }
+    for _ in 0..3 {
+        let message = channel
+            .basic_get(&queue, lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+            .expect("each test message in the queue");
+        let body: Value = serde_json::from_slice(&message.delivery.data).expect("json");
+        assert_eq!(body["alert"]["rule"], "tellify-test", "{body}");
+    }
     let _ = connection.close(200, "done").await;
 }
 
@@ -222,4 +266,108 @@ async fn a_broker_that_is_down_is_retried() {
         !error.contains(&port.to_string()),
         "the URL (maybe with credentials) is not in the error"
     );
+}
+
+/// Sends a channel's test notification, which must go through.
+async fn test_send(server: &Server, channel: &str) {
+    let (status, body) = server
+        .request(
+            reqwest::Method::POST,
+            ADMIN,
+            &format!("/api/v1/channels/{channel}/test"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+}
+
+/// The Redis connections of user `user`, as `CLIENT LIST` shows them: their ids.
+async fn redis_connections(con: &mut redis::aio::MultiplexedConnection, user: &str) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(con)
+        .await
+        .expect("client list");
+    list.lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("user={user}")))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A broker channel keeps its connection: several notifications, through the delivery worker
+/// and the channel test, go over one Redis connection (seen from Redis: the channel logs in
+/// as a user of its own). When Redis drops it, the next notification connects again and goes
+/// through.
+#[tokio::test]
+async fn a_redis_channel_keeps_one_connection_and_makes_a_new_one_when_dropped() {
+    let mut server = Server::start().await;
+    let user = unique("tellify-pool");
+    let stream = unique("tellify:pool");
+    let admin = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let mut con = admin
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is running");
+    let _: redis::Value = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">pool-pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut con)
+        .await
+        .expect("acl setuser");
+    let url = format!("redis://{user}:pool-pw@127.0.0.1:6379");
+    fire_through(
+        &mut server,
+        "kept",
+        json!({"kind": "redis", "url": url, "topic": stream}),
+    )
+    .await;
+    server
+        .deliveries_until(ADMIN, "status=sent", |d| d.len() == 1)
+        .await;
+    for _ in 0..3 {
+        test_send(&server, "kept").await;
+    }
+    let first = redis_connections(&mut con, &user).await;
+    assert_eq!(
+        first.len(),
+        1,
+        "four notifications, one connection: {first:?}"
+    );
+    let xlen = redis::cmd("XLEN").arg(&stream).clone();
+    let sent: usize = xlen.query_async(&mut con).await.expect("xlen");
+    assert_eq!(sent, 4);
+
+    // Redis drops the connection: the next notification reconnects, once, and is sent.
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg(&user)
+        .query_async(&mut con)
+        .await
+        .expect("client kill");
+    assert!(redis_connections(&mut con, &user).await.is_empty());
+    test_send(&server, "kept").await;
+    let second = redis_connections(&mut con, &user).await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first, "a new connection");
+    let sent: usize = xlen.query_async(&mut con).await.expect("xlen");
+    assert_eq!(sent, 5);
+
+    let _: redis::Value = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut con)
+        .await
+        .expect("acl deluser");
+    let _: redis::Value = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut con)
+        .await
+        .expect("del");
 }

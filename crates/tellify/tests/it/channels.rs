@@ -719,3 +719,95 @@ async fn the_test_endpoint_sends_through_every_kind_and_reports_a_failing_receiv
         );
     }
 }
+
+/// A channel whose receiver is down trips its circuit breaker, and the channel's read and
+/// `/metrics` show it: open until when, after how many failures; closed again once the
+/// receiver is back and a send goes through.
+#[tokio::test]
+async fn a_channel_read_and_metrics_show_its_circuit_breaker() {
+    let mut server = Server::start().await;
+    let port = crate::harness::free_port();
+    channel(
+        &server,
+        "flaky",
+        json!({"kind": "webhook", "url": format!("http://127.0.0.1:{port}/hook")}),
+    )
+    .await;
+    let (_, read) = server.get(ADMIN, "/api/v1/channels/flaky").await;
+    assert_eq!(read["circuit"], json!({"state": "closed", "failures": 0}));
+
+    // Five alerts, five failed sends (nothing listens): the fifth opens the breaker.
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "hot", "source": "s", "when": "event.hot", "group_by": ["room"],
+            "summary": "{{ event.room }} is hot", "notify": ["flaky"]}),
+        )
+        .await;
+    for room in 1..=5 {
+        let event = format!(r#"{{"hot": true, "room": "r{room}"}}"#);
+        server.send(ADMIN, "s", "application/json", &event).await;
+    }
+    server.settle().await;
+    server
+        .deliveries_until(ADMIN, "status=pending", |d| {
+            d.len() == 5 && d.iter().all(|d| d["attempts"] == 1)
+        })
+        .await;
+    let (status, read) = server.get(ADMIN, "/api/v1/channels/flaky").await;
+    assert_eq!(status, StatusCode::OK);
+    let circuit = &read["circuit"];
+    assert_eq!(circuit["state"], "open", "{read}");
+    assert_eq!(circuit["failures"], 5, "{read}");
+    let until = circuit["until"].as_i64().expect("until");
+    assert!(
+        until > server.now && until <= server.now + 60_000,
+        "open for a minute from the last failure: {until} (now {})",
+        server.now
+    );
+    let (_, list) = server.get(ADMIN, "/api/v1/channels").await;
+    let listed = list["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["name"] == "flaky")
+        .expect("listed");
+    assert_eq!(listed["circuit"], read["circuit"]);
+    wait_for_metric(
+        &server,
+        "tellify_channel_circuit_state{owner=\"admin\",channel=\"flaky\"} 2",
+    )
+    .await;
+
+    // The receiver comes back; once the breaker lets the next send try, it goes through and
+    // the breaker closes.
+    let receiver = Receiver::start_on(&format!("127.0.0.1:{port}")).await;
+    server.advance("61s").await;
+    receiver.wait_for(5).await;
+    server
+        .deliveries_until(ADMIN, "status=sent", |d| d.len() == 5)
+        .await;
+    let (_, read) = server.get(ADMIN, "/api/v1/channels/flaky").await;
+    assert_eq!(read["circuit"], json!({"state": "closed", "failures": 0}));
+    wait_for_metric(
+        &server,
+        "tellify_channel_circuit_state{owner=\"admin\",channel=\"flaky\"} 0",
+    )
+    .await;
+}
+
+/// Waits until `/metrics` has `line` (the worker refreshes breaker gauges about every second).
+async fn wait_for_metric(server: &Server, line: &str) {
+    for _ in 0..100 {
+        let (_, metrics) = server.get(ADMIN, "/metrics").await;
+        if metrics
+            .as_str()
+            .is_some_and(|m| m.lines().any(|l| l == line))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = server.get(ADMIN, "/metrics").await;
+    panic!("no `{line}` in {}", metrics.as_str().unwrap_or_default());
+}

@@ -280,3 +280,48 @@ async fn disk_usage_goes_to_work_by_day_and_home_and_sms_by_night_across_dst() {
     sms.settle_at(&mut server, 2).await;
     assert_eq!(smtp.messages().len(), 4, "nothing else was sent");
 }
+
+/// A mail server that accepts connections and never says a word (or one that is not a mail
+/// server at all): checking SMTP settings answers 422 in seconds, whatever the encryption,
+/// rather than holding the request for minutes.
+#[tokio::test]
+async fn smtp_settings_check_against_a_silent_server_fails_quickly() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accept and hold every connection open without answering.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let server = Server::start().await;
+    for encryption in ["tls", "starttls", "none"] {
+        let body = json!({"host": "127.0.0.1", "port": port, "from_addr": "alerts@tellify.test",
+            "encryption": encryption, "auth": "password", "username": "mailer", "password": "pw",
+            "test_addr": "ops@tellify.test"});
+        let started = std::time::Instant::now();
+        let (status, body) = server.put_json(ADMIN, "/api/v1/config/smtp", &body).await;
+        let took = started.elapsed();
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{encryption}: {body}"
+        );
+        assert_eq!(body["error"]["code"], "smtp_failed", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("timed out"), "{encryption}: {message}");
+        assert!(
+            took < std::time::Duration::from_secs(20),
+            "{encryption}: answered after {took:?}"
+        );
+    }
+    let (_, smtp) = server.get(ADMIN, "/api/v1/config/smtp").await;
+    assert!(
+        smtp.get("host").is_none_or(|h| h.is_null()),
+        "nothing saved: {smtp}"
+    );
+    silent.abort();
+}
