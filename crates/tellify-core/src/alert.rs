@@ -211,6 +211,18 @@ impl Change {
             | Change::Discard { alert, .. } => alert,
         }
     }
+
+    /// When it was decided (engine time, epoch ms).
+    pub fn at(&self) -> i64 {
+        match self {
+            Change::Open { at, .. }
+            | Change::Fire { at, .. }
+            | Change::Fold { at, .. }
+            | Change::Repeat { at, .. }
+            | Change::Resolve { at, .. }
+            | Change::Discard { at, .. } => *at,
+        }
+    }
 }
 
 /// An alert: what its changes made of it, as stored and shown.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tellify_core::alert::{AlertKey, Change, Content, ResolveReason, SYSTEM_OWNER, Status};
+use tellify_core::alert::{Alert, AlertKey, Change, Content, ResolveReason, SYSTEM_OWNER, Status};
 use tellify_core::eval::{Evaluator, OwnerBudget, Resumed};
 use tellify_core::expr::Limits;
 use tellify_core::rule::{self, RuleDoc, RuleError, RuleSpec};
@@ -36,8 +36,7 @@ use crate::dispatch::{Dispatcher, Transition};
 use crate::metrics::{Metrics, RuleLabel, RuleSourceLabel};
 use crate::sources::Owners;
 use crate::store::{
-    Ack, Alert, EngineCommit, EventBatch, NewEvent, Outbox, RuleWrite, Store, StoredEvent,
-    StoredRule,
+    Ack, EngineCommit, EventBatch, NewEvent, Outbox, RuleWrite, Store, StoredEvent, StoredRule,
 };
 
 /// Events read per replay step at start.
@@ -1167,7 +1166,10 @@ fn transitions<'a>(commit: &EngineCommit, alerts: &'a [Alert]) -> Vec<Transition
         }
     }
     for (id, at) in &commit.renotify {
-        if let Some(alert) = by_id.get(id.as_str()).filter(|a| a.status == "firing") {
+        if let Some(alert) = by_id
+            .get(id.as_str())
+            .filter(|a| a.status == Status::Firing)
+        {
             out.push(Transition {
                 trigger: Trigger::Fire,
                 alert,

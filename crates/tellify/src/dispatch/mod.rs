@@ -15,13 +15,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use tellify_core::alert::{SYSTEM_OWNER, Severity};
+use tellify_core::alert::{Alert, SYSTEM_OWNER};
 use tellify_core::expr::{Arg, FnId, Limits, Sandbox};
 use tellify_core::silence::{Matchers, Silence};
 use tellify_core::subscription::{AlertFacts, Subscription, SubscriptionSpec, Trigger};
 use tracing::warn;
 
-use crate::store::{Alert, NewDelivery, Outbox, Store};
+use crate::store::{NewDelivery, Outbox, Store};
 
 /// One alert change to notify about.
 pub struct Transition<'a> {
@@ -274,13 +274,13 @@ impl Dispatcher {
         let mut out = Vec::new();
         for t in transitions {
             let alert = t.alert;
-            let severity: Severity = alert.severity.parse().unwrap_or_default();
             let facts = AlertFacts {
                 rule: &alert.rule,
-                severity,
+                severity: alert.severity,
                 labels: &alert.labels,
             };
-            let snapshot = serde_json::to_value(alert).unwrap_or(Value::Null);
+            let snapshot =
+                serde_json::to_value(crate::api::wire::Alert::from(alert)).unwrap_or(Value::Null);
             let silenced = self.silenced(alert, t.at);
             // Tellify's own alerts go to every admin's subscriptions that want them.
             let system = alert.owner == SYSTEM_OWNER;

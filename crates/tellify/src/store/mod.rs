@@ -12,8 +12,6 @@ pub mod health;
 pub mod sqlite;
 pub mod sqlite_outbox;
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -108,34 +106,10 @@ pub struct StoredRule {
     pub updated_at: i64,
 }
 
-/// An alert as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Alert {
-    pub id: String,
-    pub rule: String,
-    pub owner: String,
-    pub key: String,
-    pub status: String,
-    pub severity: String,
-    pub summary: String,
-    pub body: String,
-    pub value: Option<f64>,
-    pub labels: BTreeMap<String, String>,
-    pub links: BTreeMap<String, String>,
-    pub source: String,
-    pub run: Option<String>,
-    /// When it opened (in-time), epoch ms.
-    pub first_seen: i64,
-    /// When it started firing (for thresholds, after `for`).
-    pub fired_at: Option<i64>,
-    pub last_seen: i64,
-    /// When it was resolved (out-time).
-    pub resolved_at: Option<i64>,
-    pub resolve_reason: Option<String>,
-    pub count: i64,
-    pub acked_by: Option<String>,
-    pub acked_at: Option<i64>,
-}
+/// The alert of a delivery's snapshot, by the name `notify/` still reads it under (until its
+/// rework names [`crate::api::wire::Alert`]); the store itself speaks
+/// [`tellify_core::alert::Alert`].
+pub use crate::api::wire::Alert;
 
 /// One entry in an alert's history: a transition and its message.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -261,7 +235,7 @@ pub type Told = std::collections::HashSet<(String, String, String)>;
 #[async_trait::async_trait]
 pub trait EngineTx: Send {
     /// Applies the batch; returns the alerts it changed, as they are now.
-    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>>;
+    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<tellify_core::alert::Alert>>;
     async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()>;
     /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat.
     async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<Told>;
@@ -348,8 +322,8 @@ pub trait Store: Send + Sync {
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>>;
 
     // Alerts.
-    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>>;
-    async fn get_alert(&self, id: &str) -> Result<Option<Alert>>;
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<tellify_core::alert::Alert>>;
+    async fn get_alert(&self, id: &str) -> Result<Option<tellify_core::alert::Alert>>;
     async fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>>;
     /// Alert counts grouped by some of `source`, `run`, `rule`, `severity`, `status`.
     async fn alert_stats(

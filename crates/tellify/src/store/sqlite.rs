@@ -18,15 +18,15 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tellify_core::alert::{AlertKey, Change, Status};
+use tellify_core::alert::{Alert, AlertKey, Change, Status};
 
 use super::health::{FailureKind, StorageHealth};
 use crate::auth::TokenScope;
 
 use super::{
-    Alert, AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
-    HistoryEntry, HistoryFilter, NewDelivery, NewEvent, OpenAlert, RuleWrite, SourceInfo,
-    StatField, Store, StoredEvent, StoredRule, TokenInfo, User,
+    AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch, HistoryEntry,
+    HistoryFilter, NewDelivery, NewEvent, OpenAlert, RuleWrite, SourceInfo, StatField, Store,
+    StoredEvent, StoredRule, TokenInfo, User,
 };
 
 /// Rows per multi-row INSERT: SQLite allows 32,766 bound parameters, events take 5 each.
@@ -191,8 +191,12 @@ fn alert_row(row: &SqliteRow) -> Alert {
         rule: row.get("rule"),
         owner: row.get("owner"),
         key: row.get("key"),
-        status: row.get("status"),
-        severity: row.get("severity"),
+        // Written from these enums only: an unknown word would be a database edited by hand.
+        status: row
+            .get::<&str, _>("status")
+            .parse()
+            .unwrap_or(Status::Resolved),
+        severity: row.get::<&str, _>("severity").parse().unwrap_or_default(),
         summary: row.get("summary"),
         body: row.get("body"),
         value: row.get("value"),
