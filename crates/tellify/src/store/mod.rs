@@ -230,12 +230,28 @@ pub struct Ack {
 /// (alert id, channel owner, channel) that were told an alert fired.
 pub type Told = std::collections::HashSet<(String, String, String)>;
 
+/// What an engine batch does to alert rows, as the fold ([`tellify_core::alert::Alert::apply`])
+/// made them before the transaction opened: the store writes these, it decides nothing.
+#[derive(Debug, Default, Clone)]
+pub struct AlertWrites {
+    /// Alerts the batch opened (and kept), as they are after it.
+    pub insert: Vec<tellify_core::alert::Alert>,
+    /// Alerts there before that the batch changed, as they are after it.
+    pub update: Vec<tellify_core::alert::Alert>,
+    /// Alerts there before that the batch discarded: they go with their history.
+    pub delete: Vec<String>,
+    /// The history lines of kept alerts, in the order of the changes.
+    pub history: Vec<HistoryEntry>,
+}
+
 /// One engine batch inside one store transaction: apply the batch, add the deliveries it
-/// causes, then finish. Dropping it without `finish` rolls everything back.
+/// causes, then finish. Dropping it without `finish` rolls everything back. Everything that
+/// decides (the fold, the dispatcher's JavaScript) has run before it begins: it holds the
+/// write turn only to write.
 #[async_trait::async_trait]
 pub trait EngineTx: Send {
-    /// Applies the batch; returns the alerts it changed, as they are now.
-    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<tellify_core::alert::Alert>>;
+    /// Writes the batch, with the alert rows the fold made of it.
+    async fn apply(&mut self, commit: &EngineCommit, alerts: &AlertWrites) -> Result<()>;
     async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()>;
     /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat.
     async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<Told>;
@@ -318,6 +334,11 @@ pub trait Store: Send + Sync {
         after: Option<&tellify_core::alert::AlertKey>,
         limit: i64,
     ) -> Result<Vec<OpenAlert>>;
+    /// These alerts, as stored (the engine folds a batch's changes into them).
+    async fn alerts_by_id(&self, ids: &[String]) -> Result<Vec<tellify_core::alert::Alert>>;
+    /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat,
+    /// read before an engine batch's transaction; [`EngineTx::told_of_fire`] checks it inside.
+    async fn told_of_fire(&self, alert_ids: &[String]) -> Result<Told>;
     /// Starts an engine batch's transaction.
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>>;
 
