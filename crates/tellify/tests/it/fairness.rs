@@ -351,3 +351,74 @@ async fn an_owner_alone_is_never_throttled() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Issue 8: a subscription's `when` runs while the engine plans deliveries, which once was
+/// inside its write transaction, so a slow one held SQLite's write lock (and the writers'
+/// turn) and every `202` waited for it. Planning now happens before the transaction opens:
+/// an event sent while a `when` spins is accepted at once, and the spinning alert's
+/// notification is still written with it.
+#[tokio::test]
+async fn a_slow_subscription_when_does_not_hold_up_ingest() {
+    // A `when` may spin for seconds without being stopped; the owner share is off.
+    let mut server = Server::start_with(&crate::harness::GATE_ARGS).await;
+    let receiver = crate::receiver::Receiver::start().await;
+    let (status, body) = server
+        .put_json(
+            ADMIN,
+            "/api/v1/channels/ops",
+            &json!({"kind": "webhook", "url": receiver.url("/ops")}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    // The alert's value is the wall-clock time (epoch ms) its `when` spins until.
+    let (status, body) = server
+        .post_json(
+            ADMIN,
+            "/api/v1/subscriptions",
+            &json!({"channel": "ops", "rules": ["slow"],
+                "when": "while (Date.now() < alert.value) {} true"}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "slow", "source": "slow", "when": "true", "value": "event.until"}),
+        )
+        .await;
+
+    let spin = Duration::from_millis(1_500);
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        + spin;
+    let spun = Instant::now() + spin;
+    server
+        .send(
+            ADMIN,
+            "slow",
+            "application/json",
+            &json!({ "until": until.as_millis() as u64 }).to_string(),
+        )
+        .await;
+    // Well inside the spin: the engine took the event at once and is running the `when`.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .send(ADMIN, "other", "application/json", r#"{"n": 1}"#)
+        .await;
+    let answered = Instant::now();
+    assert!(
+        answered + Duration::from_millis(300) < spun,
+        "the event waited for the `when`: answered {:?} before it ended",
+        spun.saturating_duration_since(answered)
+    );
+    // The alert's batch has not committed yet: the 202 came while the `when` still ran.
+    assert!(server.alerts(ADMIN, "rule=slow").await.is_empty());
+
+    server.settle().await;
+    let alerts = server.alerts(ADMIN, "rule=slow").await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["status"], "firing");
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got.len(), 1, "the notification is written with its alert");
+}
