@@ -1036,7 +1036,7 @@ impl Engine {
 
     /// Commits, retrying while the database refuses (locked, full, gone): the engine must not
     /// move past a batch it could not record. The deliveries the batch causes are planned
-    /// between applying it and committing, and written in the same transaction.
+    /// before its transaction begins and written in it (see `try_commit`).
     fn commit(&mut self, commit: EngineCommit) -> Committed {
         let mut delay = Duration::from_millis(50);
         loop {

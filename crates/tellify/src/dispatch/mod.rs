@@ -3,8 +3,9 @@
 //! For each alert change the engine commits, the dispatcher finds the subscriptions of the
 //! alert's owner that want it (rules, severity, labels, `notify_on`, the `when` JavaScript),
 //! checks their schedule in the owner's time zone and the silences, and plans one delivery
-//! per subscription: pending, held for a digest, or silenced. The engine writes them in the
-//! same transaction as the change, so a notification is never lost nor invented.
+//! per subscription: pending, held for a digest, or silenced. The engine plans them before
+//! its transaction begins (a slow `when` holds no write lock) and writes them in the same
+//! transaction as the change, so a notification is never lost nor invented.
 //!
 //! It lives on the engine thread (its sandbox, for `when`, is single-threaded) and keeps the
 //! notification settings in memory, reloaded when they change.
