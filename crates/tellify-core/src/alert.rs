@@ -233,15 +233,8 @@ pub struct Alert {
     pub rule: String,
     pub key: String,
     pub status: Status,
-    pub severity: Severity,
-    pub summary: String,
-    pub body: String,
-    pub value: Option<f64>,
-    pub labels: BTreeMap<String, String>,
-    pub links: BTreeMap<String, String>,
-    /// The source of the event that opened it.
-    pub source: String,
-    pub run: Option<String>,
+    /// What it says: as it opened, with the summary and value of the last event folded in.
+    pub content: Content,
     /// When it opened (in-time), epoch ms.
     pub first_seen: i64,
     /// When it started firing (for thresholds, after `for`).
@@ -292,7 +285,7 @@ impl Alert {
                 let opened = Alert::opened(key, *status, *at, content);
                 let effect = Effect {
                     trigger: (*status == Status::Firing).then_some(Trigger::Fire),
-                    history: Some((status.as_str(), opened.summary.clone())),
+                    history: Some((status.as_str(), opened.content.summary.clone())),
                 };
                 *alert = Some(opened);
                 Some(effect)
@@ -305,7 +298,7 @@ impl Alert {
                 a.fired_at = Some(*at);
                 Some(Effect {
                     trigger: Some(Trigger::Fire),
-                    history: Some((Status::Firing.as_str(), a.summary.clone())),
+                    history: Some((Status::Firing.as_str(), a.content.summary.clone())),
                 })
             }
             Change::Fold {
@@ -315,10 +308,10 @@ impl Alert {
                 a.count += 1;
                 a.last_seen = a.last_seen.max(*at);
                 if value.is_some() {
-                    a.value = *value;
+                    a.content.value = *value;
                 }
                 if let Some(summary) = summary {
-                    a.summary.clone_from(summary);
+                    a.content.summary.clone_from(summary);
                 }
                 Some(Effect::default())
             }
@@ -338,7 +331,7 @@ impl Alert {
                 a.resolved_at = Some(*at);
                 a.resolve_reason = Some(reason.message().to_owned());
                 if let Some(summary) = summary {
-                    a.summary.clone_from(summary);
+                    a.content.summary.clone_from(summary);
                 }
                 let trigger = if *reason == ResolveReason::RuleDisabled {
                     Trigger::Disable
@@ -375,14 +368,7 @@ impl Alert {
             rule: key.rule.clone(),
             key: key.key.clone(),
             status,
-            severity: content.severity,
-            summary: content.summary.clone(),
-            body: content.body.clone(),
-            value: content.value,
-            labels: content.labels.clone(),
-            links: content.links.clone(),
-            source: content.source.clone(),
-            run: content.run.clone(),
+            content: content.clone(),
             first_seen: at,
             fired_at: (status == Status::Firing).then_some(at),
             last_seen: at,
@@ -418,6 +404,19 @@ mod tests {
         }
     }
 
+    fn content() -> Content {
+        Content {
+            severity: Severity::Critical,
+            summary: "h1 at 91%".into(),
+            body: "full".into(),
+            value: Some(91.0),
+            labels: [("site".to_owned(), "berlin".to_owned())].into(),
+            links: BTreeMap::new(),
+            source: "disk".into(),
+            run: Some("r1".into()),
+        }
+    }
+
     fn open(status: Status) -> Option<Alert> {
         let mut alert = None;
         let effect = Alert::apply(
@@ -427,16 +426,7 @@ mod tests {
                 status,
                 at: 1_000,
                 event_time: 900,
-                content: Content {
-                    severity: Severity::Critical,
-                    summary: "h1 at 91%".into(),
-                    body: "full".into(),
-                    value: Some(91.0),
-                    labels: [("site".to_owned(), "berlin".to_owned())].into(),
-                    links: BTreeMap::new(),
-                    source: "disk".into(),
-                    run: Some("r1".into()),
-                },
+                content: content(),
             },
         );
         let fires = (status == Status::Firing).then_some(Trigger::Fire);
@@ -455,11 +445,8 @@ mod tests {
         let a = open(Status::Firing).expect("opened");
         assert_eq!((a.id.as_str(), a.owner.as_str()), ("a1", "ann"));
         assert_eq!((a.rule.as_str(), a.key.as_str()), ("disk", "h1"));
-        assert_eq!((a.status, a.severity), (Status::Firing, Severity::Critical));
-        assert_eq!((a.summary.as_str(), a.body.as_str()), ("h1 at 91%", "full"));
-        assert_eq!((a.value, a.count), (Some(91.0), 1));
-        assert_eq!(a.labels["site"], "berlin");
-        assert_eq!((a.source.as_str(), a.run.as_deref()), ("disk", Some("r1")));
+        assert_eq!((a.status, a.count), (Status::Firing, 1));
+        assert_eq!(a.content, content());
         assert_eq!(
             (a.first_seen, a.last_seen, a.fired_at),
             (1_000, 1_000, Some(1_000))
@@ -510,7 +497,10 @@ mod tests {
         let a = alert.expect("open");
         assert_eq!(a.count, 3);
         assert_eq!((a.last_seen, a.first_seen), (3_000, 1_000));
-        assert_eq!((a.value, a.summary.as_str()), (Some(95.0), "h1 at 95%"));
+        assert_eq!(
+            (a.content.value, a.content.summary.as_str()),
+            (Some(95.0), "h1 at 95%")
+        );
         assert_eq!(a.status, Status::Firing);
     }
 
@@ -558,7 +548,7 @@ mod tests {
             a.resolve_reason.as_deref(),
             Some("condition no longer holds")
         );
-        assert_eq!(a.summary, "h1 back at 40%");
+        assert_eq!(a.content.summary, "h1 back at 40%");
         // Resolved already: nothing more.
         assert_eq!(
             Alert::apply(&mut alert, &resolve(ResolveReason::Manual, None)),
@@ -576,7 +566,7 @@ mod tests {
                 history: Some(("resolved", "rule disabled".to_owned())),
             })
         );
-        assert_eq!(alert.expect("open").summary, "h1 at 91%");
+        assert_eq!(alert.expect("open").content.summary, "h1 at 91%");
     }
 
     #[test]

@@ -1071,7 +1071,7 @@ impl Engine {
                     alerts
                         .iter()
                         .find(|a| a.id == alert.id)
-                        .map(|a| a.source.clone())
+                        .map(|a| a.content.source.clone())
                         .unwrap_or_default(),
                 ),
                 _ => continue,

@@ -230,7 +230,7 @@ impl Dispatcher {
                 &alert.owner,
                 &alert.rule,
                 &alert.key,
-                &alert.labels,
+                &alert.content.labels,
                 at,
             )
         })
@@ -256,7 +256,7 @@ impl Dispatcher {
                     &alert.owner,
                     &alert.rule,
                     &alert.key,
-                    &alert.labels,
+                    &alert.content.labels,
                     s.ends_at - 1,
                 )
         });
@@ -277,8 +277,8 @@ impl Dispatcher {
             let alert = t.alert;
             let facts = AlertFacts {
                 rule: &alert.rule,
-                severity: alert.severity,
-                labels: &alert.labels,
+                severity: alert.content.severity,
+                labels: &alert.content.labels,
             };
             let snapshot =
                 serde_json::to_value(crate::api::wire::Alert::from(alert)).unwrap_or(Value::Null);

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tellify_core::alert::{Alert, AlertKey, Status};
+use tellify_core::alert::{Alert, AlertKey, Content, Status};
 
 use super::health::{FailureKind, StorageHealth};
 use crate::auth::TokenScope;
@@ -196,14 +196,16 @@ fn alert_row(row: &SqliteRow) -> Alert {
             .get::<&str, _>("status")
             .parse()
             .unwrap_or(Status::Resolved),
-        severity: row.get::<&str, _>("severity").parse().unwrap_or_default(),
-        summary: row.get("summary"),
-        body: row.get("body"),
-        value: row.get("value"),
-        labels: map("labels"),
-        links: map("links"),
-        source: row.get("source"),
-        run: row.get("run"),
+        content: Content {
+            severity: row.get::<&str, _>("severity").parse().unwrap_or_default(),
+            summary: row.get("summary"),
+            body: row.get("body"),
+            value: row.get("value"),
+            labels: map("labels"),
+            links: map("links"),
+            source: row.get("source"),
+            run: row.get("run"),
+        },
         first_seen: row.get("first_seen"),
         fired_at: row.get("fired_at"),
         last_seen: row.get("last_seen"),
@@ -296,8 +298,8 @@ async fn write_alerts(tx: &mut SqliteConnection, writes: &AlertWrites) -> Result
              WHERE id = ?",
         )
         .bind(a.status.as_str())
-        .bind(&a.summary)
-        .bind(a.value)
+        .bind(&a.content.summary)
+        .bind(a.content.value)
         .bind(a.fired_at)
         .bind(a.last_seen)
         .bind(a.resolved_at)
@@ -343,14 +345,14 @@ async fn write_alerts(tx: &mut SqliteConnection, writes: &AlertWrites) -> Result
         .bind(&a.rule)
         .bind(&a.key)
         .bind(a.status.as_str())
-        .bind(a.severity.as_str())
-        .bind(&a.summary)
-        .bind(&a.body)
-        .bind(a.value)
-        .bind(json_text(&a.labels))
-        .bind(json_text(&a.links))
-        .bind(&a.source)
-        .bind(&a.run)
+        .bind(a.content.severity.as_str())
+        .bind(&a.content.summary)
+        .bind(&a.content.body)
+        .bind(a.content.value)
+        .bind(json_text(&a.content.labels))
+        .bind(json_text(&a.content.links))
+        .bind(&a.content.source)
+        .bind(&a.content.run)
         .bind(a.first_seen)
         .bind(a.fired_at)
         .bind(a.last_seen)
@@ -843,6 +845,10 @@ impl Store for SqliteStore {
     }
 
     async fn alerts_by_id(&self, ids: &[String]) -> Result<Vec<Alert>> {
+        if ids.is_empty() {
+            // Most engine commits name no stored alert: no connection for them.
+            return Ok(Vec::new());
+        }
         let mut db = self.pool.acquire().await?;
         alerts_by_id(&mut db, ids).await
     }
