@@ -334,7 +334,7 @@ impl Dispatcher {
                     channel_owner: sub_owner.clone(),
                     channel: sub.spec.channel.clone(),
                     channel_kind: String::new(),
-                    trigger: t.trigger.as_str().to_owned(),
+                    trigger: t.trigger,
                     format: sub
                         .spec
                         .format

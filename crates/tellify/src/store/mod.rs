@@ -386,8 +386,7 @@ pub struct NewDelivery {
     pub channel_owner: String,
     pub channel: String,
     pub channel_kind: String,
-    /// fire, resolve, ack, repeat, disable.
-    pub trigger: String,
+    pub trigger: tellify_core::subscription::Trigger,
     pub format: Option<String>,
     /// pending, held (a digest), silenced, or dead (e.g. its channel does not exist).
     pub status: String,
