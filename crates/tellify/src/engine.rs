@@ -1346,3 +1346,137 @@ fn lookup_template(table: &TemplateTable, owner: &str, name: &str) -> Option<rul
 pub fn docs(rules: &[StoredRule]) -> Vec<Value> {
     rules.iter().map(|r| r.doc.clone()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> AlertKey {
+        AlertKey {
+            id: id.into(),
+            owner: "ann".into(),
+            rule: "disk".into(),
+            key: format!("host-{id}"),
+        }
+    }
+
+    fn open(id: &str, status: Status, at: i64) -> Change {
+        Change::Open {
+            alert: key(id),
+            status,
+            at,
+            event_time: at,
+            content: Content {
+                summary: format!("{id} opened"),
+                ..Content::default()
+            },
+        }
+    }
+
+    /// `id` as stored after opening at `at` with `status`.
+    fn stored(id: &str, status: Status, at: i64) -> Alert {
+        let mut alert = None;
+        Alert::apply(&mut alert, &open(id, status, at));
+        alert.expect("opened")
+    }
+
+    #[test]
+    fn a_batch_writes_each_alert_once_as_its_changes_leave_it() {
+        let commit = EngineCommit {
+            changes: vec![
+                // Opened, folded and resolved in one batch: one insert, as it ends.
+                open("a", Status::Firing, 10),
+                Change::Fold {
+                    alert: key("a"),
+                    at: 11,
+                    event_time: 11,
+                    value: Some(5.0),
+                    summary: Some("a at 5".into()),
+                },
+                Change::Resolve {
+                    alert: key("a"),
+                    at: 12,
+                    reason: ResolveReason::Condition,
+                    summary: None,
+                },
+                // Stored pending and discarded: deleted, no history.
+                Change::Discard {
+                    alert: key("p"),
+                    at: 13,
+                },
+                // Opened and discarded in one batch: nothing written.
+                open("q", Status::Pending, 14),
+                Change::Discard {
+                    alert: key("q"),
+                    at: 15,
+                },
+                // Repeated: notified, not written.
+                Change::Repeat {
+                    alert: key("r"),
+                    at: 16,
+                },
+            ],
+            acks: vec![Ack {
+                alert: key("k"),
+                by: "bob".into(),
+                at: 17,
+            }],
+            renotify: vec![("k".into(), 18), ("p".into(), 18)],
+            ..EngineCommit::default()
+        };
+        assert_eq!(stored_ids(&commit), ["k", "p", "r"]);
+        let before = vec![
+            stored("p", Status::Pending, 1),
+            stored("r", Status::Firing, 2),
+            stored("k", Status::Firing, 3),
+        ];
+        let folded = Folded::of(&commit, before);
+
+        let writes = &folded.writes;
+        assert_eq!(writes.insert.len(), 1);
+        let a = &writes.insert[0];
+        assert_eq!(
+            (a.id.as_str(), a.status, a.count),
+            ("a", Status::Resolved, 2)
+        );
+        assert_eq!(
+            (a.content.summary.as_str(), a.content.value),
+            ("a at 5", Some(5.0))
+        );
+        assert_eq!(writes.delete, ["p"]);
+        assert_eq!(writes.update.len(), 1);
+        let k = &writes.update[0];
+        assert_eq!((k.id.as_str(), k.acked_by.as_deref()), ("k", Some("bob")));
+        let history: Vec<(&str, &str, &str)> = writes
+            .history
+            .iter()
+            .map(|h| (h.alert_id.as_str(), h.status.as_str(), h.message.as_str()))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("a", "firing", "a opened"),
+                ("a", "resolved", "condition no longer holds"),
+                ("k", "acked", "acknowledged by bob"),
+            ]
+        );
+
+        let told: Vec<(Trigger, &str, i64)> = folded
+            .transitions()
+            .iter()
+            .map(|t| (t.trigger, t.alert.id.as_str(), t.at))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                (Trigger::Fire, "a", 10),
+                (Trigger::Resolve, "a", 12),
+                (Trigger::Repeat, "r", 16),
+                (Trigger::Ack, "k", 17),
+                (Trigger::Fire, "k", 18),
+            ]
+        );
+        let changed: Vec<String> = folded.changed().into_iter().map(|a| a.id).collect();
+        assert_eq!(changed, ["a", "k", "r"]);
+    }
+}
