@@ -1,5 +1,6 @@
 //! Alerts: their statuses and severities, the changes the evaluator decides, and the alert
-//! those changes make ([`Alert::apply`], the one fold the engine, the store and dry runs use).
+//! those changes make ([`Alert::apply`]: the one fold, which the engine's commits and dry runs
+//! share; the store writes what it made).
 //!
 //! The evaluator names an alert by (owner, rule, key) and gives it an id. A [`Change`] is a
 //! decision, not yet a fact: the engine makes it one by committing what [`Alert::apply`] made.
