@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tellify_core::alert::{AlertKey, Change, Content, ResolveReason, SYSTEM_OWNER, Status};
+use tellify_core::alert::{
+    Alert, AlertKey, Change, Content, Effect, ResolveReason, SYSTEM_OWNER, Status,
+};
 use tellify_core::eval::{Evaluator, OwnerBudget, Resumed};
 use tellify_core::expr::Limits;
 use tellify_core::rule::{self, RuleDoc, RuleError, RuleSpec};
@@ -36,8 +38,8 @@ use crate::dispatch::{Dispatcher, Transition};
 use crate::metrics::{Metrics, RuleLabel, RuleSourceLabel};
 use crate::sources::Owners;
 use crate::store::{
-    Ack, Alert, EngineCommit, EventBatch, NewEvent, Outbox, RuleWrite, Store, StoredEvent,
-    StoredRule,
+    Ack, AlertWrites, EngineCommit, EventBatch, HistoryEntry, NewEvent, Outbox, RuleWrite, Store,
+    StoredEvent, StoredRule,
 };
 
 /// Events read per replay step at start.
@@ -1034,7 +1036,7 @@ impl Engine {
 
     /// Commits, retrying while the database refuses (locked, full, gone): the engine must not
     /// move past a batch it could not record. The deliveries the batch causes are planned
-    /// between applying it and committing, and written in the same transaction.
+    /// before its transaction begins and written in it (see `try_commit`).
     fn commit(&mut self, commit: EngineCommit) -> Committed {
         let mut delay = Duration::from_millis(50);
         loop {
@@ -1069,7 +1071,7 @@ impl Engine {
                     alerts
                         .iter()
                         .find(|a| a.id == alert.id)
-                        .map(|a| a.source.clone())
+                        .map(|a| a.content.source.clone())
                         .unwrap_or_default(),
                 ),
                 _ => continue,
@@ -1085,42 +1087,54 @@ impl Engine {
         }
     }
 
+    /// Folds the batch into its alerts and plans its deliveries (running subscriptions' `when`
+    /// JavaScript) before the write turn is taken; the transaction then only writes, the
+    /// deliveries with the changes that cause them.
     fn try_commit(&mut self, commit: &EngineCommit) -> Result<Committed> {
         let store = self.parts.store.clone();
-        let mut tx = self.block_on(store.begin_engine())?;
-        let alerts = self.block_on(tx.apply(commit))?;
-        let transitions = transitions(commit, &alerts);
-        // Only a silenced resolve needs to know who heard of the fire (see `Dispatcher::plan`).
-        let closing: Vec<String> = transitions
-            .iter()
-            .filter(|t| {
-                matches!(t.trigger, Trigger::Resolve | Trigger::Disable)
-                    && self.dispatch.silenced(t.alert, t.at)
-            })
-            .map(|t| t.alert.id.clone())
-            .collect();
-        let told = if closing.is_empty() {
-            crate::store::Told::new()
-        } else {
-            self.block_on(tx.told_of_fire(&closing))?
-        };
-        let deliveries = self
-            .dispatch
-            .plan(&transitions, self.parts.clock.now(), &told);
-        if !deliveries.is_empty() {
-            self.block_on(tx.add_deliveries(&deliveries))?;
+        loop {
+            let before = self.block_on(store.alerts_by_id(&stored_ids(commit)))?;
+            let folded = Folded::of(commit, before);
+            let transitions = folded.transitions();
+            // Only a silenced resolve needs to know who heard of the fire (see `Dispatcher::plan`).
+            let closing: Vec<String> = transitions
+                .iter()
+                .filter(|t| {
+                    matches!(t.trigger, Trigger::Resolve | Trigger::Disable)
+                        && self.dispatch.silenced(t.alert, t.at)
+                })
+                .map(|t| t.alert.id.clone())
+                .collect();
+            let told = if closing.is_empty() {
+                crate::store::Told::new()
+            } else {
+                self.block_on(store.told_of_fire(&closing))?
+            };
+            let deliveries = self
+                .dispatch
+                .plan(&transitions, self.parts.clock.now(), &told);
+            let mut tx = self.block_on(store.begin_engine())?;
+            // The delivery worker (or a retry by hand) may have moved one of those deliveries
+            // since: then plan again with what holds in the transaction's snapshot.
+            if !closing.is_empty() && self.block_on(tx.told_of_fire(&closing))? != told {
+                continue;
+            }
+            self.block_on(tx.apply(commit, &folded.writes))?;
+            if !deliveries.is_empty() {
+                self.block_on(tx.add_deliveries(&deliveries))?;
+            }
+            self.block_on(tx.finish())?;
+            if deliveries
+                .iter()
+                .any(|d| d.status == "pending" || d.status == "held")
+            {
+                self.parts.wake.notify_one();
+            }
+            return Ok(Committed {
+                alerts: folded.changed(),
+                emitted: !commit.emitted.is_empty(),
+            });
         }
-        self.block_on(tx.finish())?;
-        if deliveries
-            .iter()
-            .any(|d| d.status == "pending" || d.status == "held")
-        {
-            self.parts.wake.notify_one();
-        }
-        Ok(Committed {
-            alerts,
-            emitted: !commit.emitted.is_empty(),
-        })
     }
 }
 
@@ -1132,50 +1146,143 @@ pub struct Committed {
     pub emitted: bool,
 }
 
-/// The notifiable changes of a batch, with the alerts as they are after it.
-fn transitions<'a>(commit: &EngineCommit, alerts: &'a [Alert]) -> Vec<Transition<'a>> {
-    let by_id: HashMap<&str, &Alert> = alerts.iter().map(|a| (a.id.as_str(), a)).collect();
-    let mut out = Vec::new();
-    for change in &commit.changes {
-        let (trigger, at) = match change {
-            Change::Open {
-                status: Status::Firing,
-                at,
-                ..
+/// The stored alerts a batch names: all but those it opens.
+fn stored_ids(commit: &EngineCommit) -> Vec<String> {
+    let opened: HashSet<&str> = commit
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::Open { .. }))
+        .map(|c| c.alert().id.as_str())
+        .collect();
+    let mut ids: Vec<String> = commit
+        .changes
+        .iter()
+        .map(|c| c.alert().id.as_str())
+        .chain(commit.acks.iter().map(|a| a.alert.id.as_str()))
+        .chain(commit.renotify.iter().map(|(id, _)| id.as_str()))
+        .filter(|id| !opened.contains(id))
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// A batch folded into its alerts ([`Alert::apply`]), before anything is written.
+struct Folded {
+    /// Every alert the batch names, as it is after it (`None`: discarded, or not there).
+    after: HashMap<String, Option<Alert>>,
+    /// The notifications the batch calls for, in order: trigger, alert id, when.
+    triggers: Vec<(Trigger, String, i64)>,
+    /// The alerts it changed.
+    touched: HashSet<String>,
+    writes: AlertWrites,
+}
+
+impl Folded {
+    fn of(commit: &EngineCommit, before: Vec<Alert>) -> Folded {
+        let stored: HashMap<String, Alert> =
+            before.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let mut after: HashMap<String, Option<Alert>> = stored
+            .iter()
+            .map(|(id, a)| (id.clone(), Some(a.clone())))
+            .collect();
+        let mut triggers = Vec::new();
+        let mut touched = HashSet::new();
+        let mut history = Vec::new();
+        let mut took = |key: &AlertKey, at: i64, effect: Effect| {
+            touched.insert(key.id.clone());
+            if let Some(trigger) = effect.trigger {
+                triggers.push((trigger, key.id.clone(), at));
             }
-            | Change::Fire { at, .. } => (Trigger::Fire, *at),
-            Change::Repeat { at, .. } => (Trigger::Repeat, *at),
-            Change::Resolve {
-                reason: ResolveReason::RuleDisabled,
-                at,
-                ..
-            } => (Trigger::Disable, *at),
-            Change::Resolve { at, .. } => (Trigger::Resolve, *at),
-            Change::Open { .. } | Change::Fold { .. } | Change::Discard { .. } => continue,
+            if let Some((status, message)) = effect.history {
+                history.push(HistoryEntry {
+                    alert_id: key.id.clone(),
+                    owner: key.owner.clone(),
+                    rule: key.rule.clone(),
+                    at,
+                    status: status.to_owned(),
+                    message,
+                });
+            }
         };
-        if let Some(alert) = by_id.get(change.alert().id.as_str()) {
-            out.push(Transition { trigger, alert, at });
+        for change in &commit.changes {
+            let key = change.alert();
+            let alert = after.entry(key.id.clone()).or_default();
+            if let Some(effect) = Alert::apply(alert, change) {
+                took(key, change.at(), effect);
+            }
+        }
+        for ack in &commit.acks {
+            let acked = after
+                .get_mut(&ack.alert.id)
+                .and_then(Option::as_mut)
+                .and_then(|a| a.acknowledge(&ack.by, ack.at));
+            if let Some(effect) = acked {
+                took(&ack.alert, ack.at, effect);
+            }
+        }
+        for (id, at) in &commit.renotify {
+            touched.insert(id.clone());
+            if after
+                .get(id)
+                .is_some_and(|a| a.as_ref().is_some_and(|a| a.status == Status::Firing))
+            {
+                triggers.push((Trigger::Fire, id.clone(), *at));
+            }
+        }
+        let mut writes = AlertWrites::default();
+        for (id, alert) in &after {
+            match (stored.get(id), alert) {
+                (None, Some(a)) => writes.insert.push(a.clone()),
+                (Some(was), Some(a)) if was != a => writes.update.push(a.clone()),
+                (Some(_), None) => writes.delete.push(id.clone()),
+                _ => {}
+            }
+        }
+        writes.insert.sort_by(|a, b| a.id.cmp(&b.id));
+        writes.update.sort_by(|a, b| a.id.cmp(&b.id));
+        writes.delete.sort();
+        // A line of an alert that is gone would outlive it.
+        history.retain(|h| after.get(&h.alert_id).is_some_and(Option::is_some));
+        writes.history = history;
+        Folded {
+            after,
+            triggers,
+            touched,
+            writes,
         }
     }
-    for ack in &commit.acks {
-        if let Some(alert) = by_id.get(ack.alert.id.as_str()) {
-            out.push(Transition {
-                trigger: Trigger::Ack,
-                alert,
-                at: ack.at,
-            });
-        }
+
+    /// The alert `id` is after the batch.
+    fn alert(&self, id: &str) -> Option<&Alert> {
+        self.after.get(id).and_then(Option::as_ref)
     }
-    for (id, at) in &commit.renotify {
-        if let Some(alert) = by_id.get(id.as_str()).filter(|a| a.status == "firing") {
-            out.push(Transition {
-                trigger: Trigger::Fire,
-                alert,
-                at: *at,
-            });
-        }
+
+    /// The notifiable changes, each with its alert as it is after the batch.
+    fn transitions(&self) -> Vec<Transition<'_>> {
+        self.triggers
+            .iter()
+            .filter_map(|(trigger, id, at)| {
+                self.alert(id).map(|alert| Transition {
+                    trigger: *trigger,
+                    alert,
+                    at: *at,
+                })
+            })
+            .collect()
     }
-    out
+
+    /// The alerts the batch changed and kept, as they are after it, by id.
+    fn changed(&self) -> Vec<Alert> {
+        let mut alerts: Vec<Alert> = self
+            .touched
+            .iter()
+            .filter_map(|id| self.alert(id).cloned())
+            .collect();
+        alerts.sort_by(|a, b| a.id.cmp(&b.id));
+        alerts
+    }
 }
 
 /// A rule may read `_topic['X']` and events of `source` only where its owner may read X.
@@ -1238,4 +1345,138 @@ fn lookup_template(table: &TemplateTable, owner: &str, name: &str) -> Option<rul
 /// The JSON documents of stored rules, keyed by name, for `rules export`.
 pub fn docs(rules: &[StoredRule]) -> Vec<Value> {
     rules.iter().map(|r| r.doc.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> AlertKey {
+        AlertKey {
+            id: id.into(),
+            owner: "ann".into(),
+            rule: "disk".into(),
+            key: format!("host-{id}"),
+        }
+    }
+
+    fn open(id: &str, status: Status, at: i64) -> Change {
+        Change::Open {
+            alert: key(id),
+            status,
+            at,
+            event_time: at,
+            content: Content {
+                summary: format!("{id} opened"),
+                ..Content::default()
+            },
+        }
+    }
+
+    /// `id` as stored after opening at `at` with `status`.
+    fn stored(id: &str, status: Status, at: i64) -> Alert {
+        let mut alert = None;
+        Alert::apply(&mut alert, &open(id, status, at));
+        alert.expect("opened")
+    }
+
+    #[test]
+    fn a_batch_writes_each_alert_once_as_its_changes_leave_it() {
+        let commit = EngineCommit {
+            changes: vec![
+                // Opened, folded and resolved in one batch: one insert, as it ends.
+                open("a", Status::Firing, 10),
+                Change::Fold {
+                    alert: key("a"),
+                    at: 11,
+                    event_time: 11,
+                    value: Some(5.0),
+                    summary: Some("a at 5".into()),
+                },
+                Change::Resolve {
+                    alert: key("a"),
+                    at: 12,
+                    reason: ResolveReason::Condition,
+                    summary: None,
+                },
+                // Stored pending and discarded: deleted, no history.
+                Change::Discard {
+                    alert: key("p"),
+                    at: 13,
+                },
+                // Opened and discarded in one batch: nothing written.
+                open("q", Status::Pending, 14),
+                Change::Discard {
+                    alert: key("q"),
+                    at: 15,
+                },
+                // Repeated: notified, not written.
+                Change::Repeat {
+                    alert: key("r"),
+                    at: 16,
+                },
+            ],
+            acks: vec![Ack {
+                alert: key("k"),
+                by: "bob".into(),
+                at: 17,
+            }],
+            renotify: vec![("k".into(), 18), ("p".into(), 18)],
+            ..EngineCommit::default()
+        };
+        assert_eq!(stored_ids(&commit), ["k", "p", "r"]);
+        let before = vec![
+            stored("p", Status::Pending, 1),
+            stored("r", Status::Firing, 2),
+            stored("k", Status::Firing, 3),
+        ];
+        let folded = Folded::of(&commit, before);
+
+        let writes = &folded.writes;
+        assert_eq!(writes.insert.len(), 1);
+        let a = &writes.insert[0];
+        assert_eq!(
+            (a.id.as_str(), a.status, a.count),
+            ("a", Status::Resolved, 2)
+        );
+        assert_eq!(
+            (a.content.summary.as_str(), a.content.value),
+            ("a at 5", Some(5.0))
+        );
+        assert_eq!(writes.delete, ["p"]);
+        assert_eq!(writes.update.len(), 1);
+        let k = &writes.update[0];
+        assert_eq!((k.id.as_str(), k.acked_by.as_deref()), ("k", Some("bob")));
+        let history: Vec<(&str, &str, &str)> = writes
+            .history
+            .iter()
+            .map(|h| (h.alert_id.as_str(), h.status.as_str(), h.message.as_str()))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("a", "firing", "a opened"),
+                ("a", "resolved", "condition no longer holds"),
+                ("k", "acked", "acknowledged by bob"),
+            ]
+        );
+
+        let told: Vec<(Trigger, &str, i64)> = folded
+            .transitions()
+            .iter()
+            .map(|t| (t.trigger, t.alert.id.as_str(), t.at))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                (Trigger::Fire, "a", 10),
+                (Trigger::Resolve, "a", 12),
+                (Trigger::Repeat, "r", 16),
+                (Trigger::Ack, "k", 17),
+                (Trigger::Fire, "k", 18),
+            ]
+        );
+        let changed: Vec<String> = folded.changed().into_iter().map(|a| a.id).collect();
+        assert_eq!(changed, ["a", "k", "r"]);
+    }
 }

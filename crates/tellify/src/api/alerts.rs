@@ -7,13 +7,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tellify_core::alert::AlertKey;
+use tellify_core::alert::{Alert, Status};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{Json, Path, Query};
+use super::wire;
 use super::{ApiError, ApiResult, AppState, Caller};
-use crate::store::{Alert, AlertFilter, HistoryFilter, StatField};
+use crate::store::{AlertFilter, HistoryFilter, StatField};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1_000;
@@ -91,7 +92,13 @@ pub async fn list_alerts(
             },
         }
     }
-    let alerts = state.store.list_alerts(&filter).await?;
+    let alerts: Vec<wire::Alert> = state
+        .store
+        .list_alerts(&filter)
+        .await?
+        .into_iter()
+        .map(wire::Alert::from)
+        .collect();
     let next_cursor = (alerts.len() as i64 == filter.limit)
         .then(|| alerts.last().map(|a| a.id.clone()))
         .flatten();
@@ -133,7 +140,8 @@ pub async fn get_alert(
             ..Default::default()
         })
         .await?;
-    let mut out = serde_json::to_value(&alert).map_err(|e| ApiError::internal(e.into()))?;
+    let mut out =
+        serde_json::to_value(wire::Alert::from(alert)).map_err(|e| ApiError::internal(e.into()))?;
     out["history"] = json!(history);
     out["deliveries"] = json!(deliveries);
     Ok(Json(out))
@@ -141,56 +149,47 @@ pub async fn get_alert(
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "acknowledged (again: no change)", body = Alert),
+    responses((status = 200, description = "acknowledged (again: no change)", body = wire::Alert),
               (status = 409, description = "already resolved")))]
 pub async fn ack_alert(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Alert>> {
+) -> ApiResult<Json<wire::Alert>> {
     let alert = visible(&state, &caller, &id).await?;
-    if alert.status == "resolved" {
+    if alert.status == Status::Resolved {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "conflict",
             "the alert is already resolved",
         ));
     }
-    if let Some(acked) = state.engine.ack(alert_key(&alert), &caller.user.name).await {
-        return Ok(Json(acked));
+    if let Some(acked) = state.engine.ack(alert.alert_key(), &caller.user.name).await {
+        return Ok(Json(acked.into()));
     }
     // Acknowledged before (acks are idempotent), or resolved meanwhile.
     let alert = visible(&state, &caller, &id).await?;
-    if alert.status == "resolved" {
+    if alert.status == Status::Resolved {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "conflict",
             "the alert is already resolved",
         ));
     }
-    Ok(Json(alert))
-}
-
-fn alert_key(alert: &Alert) -> AlertKey {
-    AlertKey {
-        id: alert.id.clone(),
-        owner: alert.owner.clone(),
-        rule: alert.rule.clone(),
-        key: alert.key.clone(),
-    }
+    Ok(Json(alert.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/resolve", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "resolved by hand", body = Alert),
+    responses((status = 200, description = "resolved by hand", body = wire::Alert),
               (status = 409, description = "already resolved")))]
 pub async fn resolve_alert(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Alert>> {
+) -> ApiResult<Json<wire::Alert>> {
     let alert = visible(&state, &caller, &id).await?;
-    if alert.status == "resolved" || !state.engine.resolve(alert_key(&alert)).await {
+    if alert.status == Status::Resolved || !state.engine.resolve(alert.alert_key()).await {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "conflict",
@@ -207,7 +206,7 @@ pub async fn resolve_alert(
             state.clock.now(),
         )
         .await?;
-    Ok(Json(visible(&state, &caller, &id).await?))
+    Ok(Json(visible(&state, &caller, &id).await?.into()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,7 +314,7 @@ pub async fn stream(
             tokio::select! {
                 item = alerts.next() => match item {
                     Some(Ok(alert)) if caller.sees(&alert.owner) => {
-                        let data = serde_json::to_string(&alert).unwrap_or_default();
+                        let data = serde_json::to_string(&wire::Alert::from(&alert)).unwrap_or_default();
                         yield Ok(SseEvent::default().event("alert").id(alert.id.clone()).data(data));
                     }
                     Some(Ok(_)) => {}

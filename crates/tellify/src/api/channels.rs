@@ -8,9 +8,10 @@ use serde_json::{Map, Value, json};
 use tellify_core::subscription::Trigger;
 
 use super::extract::{Json, NoParams, Path, Query};
+use super::wire::Alert;
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::notify::{Notification, channel};
-use crate::store::{Alert, ChannelRow};
+use crate::store::ChannelRow;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

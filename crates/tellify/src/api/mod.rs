@@ -17,6 +17,7 @@ pub mod silences;
 pub mod subscriptions;
 pub mod system;
 pub mod users;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tellify_core::alert::Alert;
 use tellify_core::expr::Limits;
 use tokio::sync::broadcast;
 
@@ -35,7 +37,7 @@ use crate::clock::Clock;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
 use crate::sources::Ingest;
-use crate::store::{Alert, Store, User};
+use crate::store::{Store, User};
 pub use error::{ApiError, ApiResult};
 
 /// Shared by every handler; cheap to clone.

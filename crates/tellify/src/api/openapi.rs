@@ -76,7 +76,7 @@ use crate::notify::channel::KINDS;
         super::config::put_smtp,
     ),
     components(schemas(
-        crate::store::Alert,
+        super::wire::Alert,
         crate::store::User,
         crate::store::Delivery,
         crate::store::HistoryEntry,

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tellify_core::alert::{Change, ResolveReason, Status};
+use tellify_core::alert::{Alert, Change};
 use tellify_core::eval::dry_run;
 use tellify_core::event::{self, Event};
 use tellify_core::rule::{self, RuleDoc, RuleSpec};
@@ -16,7 +16,7 @@ use tellify_core::rule::{self, RuleDoc, RuleSpec};
 use super::extract::{Bytes, Json, NoParams, Path, Query};
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::engine::resolve_doc;
-use crate::store::{Alert, StoredRule};
+use crate::store::StoredRule;
 
 /// Fields a rule view adds to the document; a PUT drops them.
 const READ_ONLY: [&str; 5] = ["owner", "origin", "status", "error", "updated_at"];
@@ -382,96 +382,19 @@ fn would_notify(
     changes: &[Change],
     now: i64,
 ) -> Vec<Value> {
-    use tellify_core::subscription::Trigger;
-    let mut alerts: std::collections::HashMap<String, Alert> = std::collections::HashMap::new();
+    // The alerts as the changes make them, by the fold the engine commits.
+    let mut alerts: std::collections::HashMap<String, Option<Alert>> =
+        std::collections::HashMap::new();
     let mut out = Vec::new();
     for change in changes {
-        let id = change.alert().id.clone();
-        let trigger = match change {
-            Change::Open {
-                alert,
-                status,
-                at,
-                content,
-                ..
-            } => {
-                alerts.insert(
-                    id.clone(),
-                    Alert {
-                        id: id.clone(),
-                        rule: alert.rule.clone(),
-                        owner: alert.owner.clone(),
-                        key: alert.key.clone(),
-                        status: status.as_str().to_owned(),
-                        severity: content.severity.as_str().to_owned(),
-                        summary: content.summary.clone(),
-                        body: content.body.clone(),
-                        value: content.value,
-                        labels: content.labels.clone(),
-                        links: content.links.clone(),
-                        source: content.source.clone(),
-                        run: content.run.clone(),
-                        first_seen: *at,
-                        fired_at: (*status == Status::Firing).then_some(*at),
-                        last_seen: *at,
-                        resolved_at: None,
-                        resolve_reason: None,
-                        count: 1,
-                        acked_by: None,
-                        acked_at: None,
-                    },
-                );
-                (*status == Status::Firing).then_some((Trigger::Fire, *at))
-            }
-            Change::Fire { at, .. } => {
-                if let Some(a) = alerts.get_mut(&id) {
-                    a.status = "firing".into();
-                    a.fired_at = Some(*at);
-                }
-                Some((Trigger::Fire, *at))
-            }
-            Change::Fold {
-                at, value, summary, ..
-            } => {
-                if let Some(a) = alerts.get_mut(&id) {
-                    a.count += 1;
-                    a.last_seen = *at;
-                    a.value = value.or(a.value);
-                    if let Some(s) = summary {
-                        a.summary.clone_from(s);
-                    }
-                }
-                None
-            }
-            Change::Repeat { at, .. } => Some((Trigger::Repeat, *at)),
-            Change::Resolve {
-                at,
-                reason,
-                summary,
-                ..
-            } => {
-                if let Some(a) = alerts.get_mut(&id) {
-                    if let Some(s) = summary {
-                        a.summary.clone_from(s);
-                    }
-                    a.status = "resolved".into();
-                    a.resolved_at = Some(*at);
-                    a.resolve_reason = Some(reason.message().to_owned());
-                }
-                Some((
-                    if *reason == ResolveReason::RuleDisabled {
-                        Trigger::Disable
-                    } else {
-                        Trigger::Resolve
-                    },
-                    *at,
-                ))
-            }
-            Change::Discard { .. } => None,
-        };
-        let (Some((trigger, at)), Some(alert)) = (trigger, alerts.get(&id)) else {
+        let alert = alerts.entry(change.alert().id.clone()).or_default();
+        let Some(trigger) = Alert::apply(alert, change).and_then(|effect| effect.trigger) else {
             continue;
         };
+        let Some(alert) = alert.as_ref() else {
+            continue;
+        };
+        let at = change.at();
         let transition = crate::dispatch::Transition { trigger, alert, at };
         for d in dispatcher.plan(
             std::slice::from_ref(&transition),

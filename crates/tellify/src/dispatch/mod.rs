@@ -3,8 +3,9 @@
 //! For each alert change the engine commits, the dispatcher finds the subscriptions of the
 //! alert's owner that want it (rules, severity, labels, `notify_on`, the `when` JavaScript),
 //! checks their schedule in the owner's time zone and the silences, and plans one delivery
-//! per subscription: pending, held for a digest, or silenced. The engine writes them in the
-//! same transaction as the change, so a notification is never lost nor invented.
+//! per subscription: pending, held for a digest, or silenced. The engine plans them before
+//! its transaction begins (a slow `when` holds no write lock) and writes them in the same
+//! transaction as the change, so a notification is never lost nor invented.
 //!
 //! It lives on the engine thread (its sandbox, for `when`, is single-threaded) and keeps the
 //! notification settings in memory, reloaded when they change.
@@ -15,13 +16,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use tellify_core::alert::{SYSTEM_OWNER, Severity};
+use tellify_core::alert::{Alert, SYSTEM_OWNER};
 use tellify_core::expr::{Arg, FnId, Limits, Sandbox};
 use tellify_core::silence::{Matchers, Silence};
 use tellify_core::subscription::{AlertFacts, Subscription, SubscriptionSpec, Trigger};
 use tracing::warn;
 
-use crate::store::{Alert, NewDelivery, Outbox, Store};
+use crate::store::{NewDelivery, Outbox, Store};
 
 /// One alert change to notify about.
 pub struct Transition<'a> {
@@ -229,7 +230,7 @@ impl Dispatcher {
                 &alert.owner,
                 &alert.rule,
                 &alert.key,
-                &alert.labels,
+                &alert.content.labels,
                 at,
             )
         })
@@ -255,7 +256,7 @@ impl Dispatcher {
                     &alert.owner,
                     &alert.rule,
                     &alert.key,
-                    &alert.labels,
+                    &alert.content.labels,
                     s.ends_at - 1,
                 )
         });
@@ -274,13 +275,13 @@ impl Dispatcher {
         let mut out = Vec::new();
         for t in transitions {
             let alert = t.alert;
-            let severity: Severity = alert.severity.parse().unwrap_or_default();
             let facts = AlertFacts {
                 rule: &alert.rule,
-                severity,
-                labels: &alert.labels,
+                severity: alert.content.severity,
+                labels: &alert.content.labels,
             };
-            let snapshot = serde_json::to_value(alert).unwrap_or(Value::Null);
+            let snapshot =
+                serde_json::to_value(crate::api::wire::Alert::from(alert)).unwrap_or(Value::Null);
             let silenced = self.silenced(alert, t.at);
             // Tellify's own alerts go to every admin's subscriptions that want them.
             let system = alert.owner == SYSTEM_OWNER;
@@ -333,7 +334,7 @@ impl Dispatcher {
                     channel_owner: sub_owner.clone(),
                     channel: sub.spec.channel.clone(),
                     channel_kind: String::new(),
-                    trigger: t.trigger.as_str().to_owned(),
+                    trigger: t.trigger,
                     format: sub
                         .spec
                         .format

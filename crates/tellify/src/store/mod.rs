@@ -12,8 +12,6 @@ pub mod health;
 pub mod sqlite;
 pub mod sqlite_outbox;
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -108,34 +106,10 @@ pub struct StoredRule {
     pub updated_at: i64,
 }
 
-/// An alert as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Alert {
-    pub id: String,
-    pub rule: String,
-    pub owner: String,
-    pub key: String,
-    pub status: String,
-    pub severity: String,
-    pub summary: String,
-    pub body: String,
-    pub value: Option<f64>,
-    pub labels: BTreeMap<String, String>,
-    pub links: BTreeMap<String, String>,
-    pub source: String,
-    pub run: Option<String>,
-    /// When it opened (in-time), epoch ms.
-    pub first_seen: i64,
-    /// When it started firing (for thresholds, after `for`).
-    pub fired_at: Option<i64>,
-    pub last_seen: i64,
-    /// When it was resolved (out-time).
-    pub resolved_at: Option<i64>,
-    pub resolve_reason: Option<String>,
-    pub count: i64,
-    pub acked_by: Option<String>,
-    pub acked_at: Option<i64>,
-}
+/// The alert of a delivery's snapshot, by the name `notify/` still reads it under (until its
+/// rework names [`crate::api::wire::Alert`]); the store itself speaks
+/// [`tellify_core::alert::Alert`].
+pub use crate::api::wire::Alert;
 
 /// One entry in an alert's history: a transition and its message.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -256,12 +230,28 @@ pub struct Ack {
 /// (alert id, channel owner, channel) that were told an alert fired.
 pub type Told = std::collections::HashSet<(String, String, String)>;
 
+/// What an engine batch does to alert rows, as the fold ([`tellify_core::alert::Alert::apply`])
+/// made them before the transaction opened: the store writes these, it decides nothing.
+#[derive(Debug, Default, Clone)]
+pub struct AlertWrites {
+    /// Alerts the batch opened (and kept), as they are after it.
+    pub insert: Vec<tellify_core::alert::Alert>,
+    /// Alerts there before that the batch changed, as they are after it.
+    pub update: Vec<tellify_core::alert::Alert>,
+    /// Alerts there before that the batch discarded: they go with their history.
+    pub delete: Vec<String>,
+    /// The history lines of kept alerts, in the order of the changes.
+    pub history: Vec<HistoryEntry>,
+}
+
 /// One engine batch inside one store transaction: apply the batch, add the deliveries it
-/// causes, then finish. Dropping it without `finish` rolls everything back.
+/// causes, then finish. Dropping it without `finish` rolls everything back. Everything that
+/// decides (the fold, the dispatcher's JavaScript) has run before it begins: it holds the
+/// write turn only to write.
 #[async_trait::async_trait]
 pub trait EngineTx: Send {
-    /// Applies the batch; returns the alerts it changed, as they are now.
-    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>>;
+    /// Writes the batch, with the alert rows the fold made of it.
+    async fn apply(&mut self, commit: &EngineCommit, alerts: &AlertWrites) -> Result<()>;
     async fn add_deliveries(&mut self, deliveries: &[NewDelivery]) -> Result<()>;
     /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat.
     async fn told_of_fire(&mut self, alert_ids: &[String]) -> Result<Told>;
@@ -344,12 +334,17 @@ pub trait Store: Send + Sync {
         after: Option<&tellify_core::alert::AlertKey>,
         limit: i64,
     ) -> Result<Vec<OpenAlert>>;
+    /// These alerts, as stored (the engine folds a batch's changes into them).
+    async fn alerts_by_id(&self, ids: &[String]) -> Result<Vec<tellify_core::alert::Alert>>;
+    /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat,
+    /// read before an engine batch's transaction; [`EngineTx::told_of_fire`] checks it inside.
+    async fn told_of_fire(&self, alert_ids: &[String]) -> Result<Told>;
     /// Starts an engine batch's transaction.
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>>;
 
     // Alerts.
-    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>>;
-    async fn get_alert(&self, id: &str) -> Result<Option<Alert>>;
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<tellify_core::alert::Alert>>;
+    async fn get_alert(&self, id: &str) -> Result<Option<tellify_core::alert::Alert>>;
     async fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>>;
     /// Alert counts grouped by some of `source`, `run`, `rule`, `severity`, `status`.
     async fn alert_stats(
@@ -391,8 +386,7 @@ pub struct NewDelivery {
     pub channel_owner: String,
     pub channel: String,
     pub channel_kind: String,
-    /// fire, resolve, ack, repeat, disable.
-    pub trigger: String,
+    pub trigger: tellify_core::subscription::Trigger,
     pub format: Option<String>,
     /// pending, held (a digest), silenced, or dead (e.g. its channel does not exist).
     pub status: String,

@@ -18,13 +18,13 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tellify_core::alert::{AlertKey, Change, Status};
+use tellify_core::alert::{Alert, AlertKey, Content, Status};
 
 use super::health::{FailureKind, StorageHealth};
 use crate::auth::TokenScope;
 
 use super::{
-    Alert, AlertFilter, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
+    AlertFilter, AlertWrites, AuditEntry, EngineCommit, EngineSnapshot, EngineTx, EventBatch,
     HistoryEntry, HistoryFilter, NewDelivery, NewEvent, OpenAlert, RuleWrite, SourceInfo,
     StatField, Store, StoredEvent, StoredRule, TokenInfo, User,
 };
@@ -102,7 +102,7 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
-/// Alerts read back per query after an engine commit.
+/// Alert ids per query.
 const ALERT_CHUNK: usize = 500;
 
 impl SqliteStore {
@@ -191,15 +191,21 @@ fn alert_row(row: &SqliteRow) -> Alert {
         rule: row.get("rule"),
         owner: row.get("owner"),
         key: row.get("key"),
-        status: row.get("status"),
-        severity: row.get("severity"),
-        summary: row.get("summary"),
-        body: row.get("body"),
-        value: row.get("value"),
-        labels: map("labels"),
-        links: map("links"),
-        source: row.get("source"),
-        run: row.get("run"),
+        // Written from these enums only: an unknown word would be a database edited by hand.
+        status: row
+            .get::<&str, _>("status")
+            .parse()
+            .unwrap_or(Status::Resolved),
+        content: Content {
+            severity: row.get::<&str, _>("severity").parse().unwrap_or_default(),
+            summary: row.get("summary"),
+            body: row.get("body"),
+            value: row.get("value"),
+            labels: map("labels"),
+            links: map("links"),
+            source: row.get("source"),
+            run: row.get("run"),
+        },
         first_seen: row.get("first_seen"),
         fired_at: row.get("fired_at"),
         last_seen: row.get("last_seen"),
@@ -280,131 +286,96 @@ async fn update_sources(tx: &mut SqliteConnection, owner: &str, events: &[NewEve
     Ok(())
 }
 
-/// Counts and last values of the folds of one alert, written once per commit.
-#[derive(Default)]
-struct FoldSum {
-    count: i64,
-    last_seen: i64,
-    value: Option<f64>,
-    /// The summary rendered for the last event folded in.
-    summary: Option<String>,
-}
-
-async fn history(
-    tx: &mut SqliteConnection,
-    alert: &AlertKey,
-    at: i64,
-    status: &str,
-    message: &str,
-) -> Result<()> {
-    sqlx::query("INSERT INTO alert_history (alert_id, owner, rule, at, status, message) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(&alert.id)
-        .bind(&alert.owner)
-        .bind(&alert.rule)
-        .bind(at)
-        .bind(status)
-        .bind(message)
+/// Writes the alert rows of a batch as the fold made them ([`AlertWrites`]), then their history.
+async fn write_alerts(tx: &mut SqliteConnection, writes: &AlertWrites) -> Result<()> {
+    // Changed alerts first, new ones last: an alert that closes before another opens for its
+    // (owner, rule, key) leaves room for it under the one-open-alert index.
+    for a in &writes.update {
+        // What a change can alter; the rest is fixed when the alert opens.
+        sqlx::query(
+            "UPDATE alerts SET status = ?, summary = ?, value = ?, fired_at = ?, last_seen = ?,
+                 resolved_at = ?, resolve_reason = ?, count = ?, acked_by = ?, acked_at = ?
+             WHERE id = ?",
+        )
+        .bind(a.status.as_str())
+        .bind(&a.content.summary)
+        .bind(a.content.value)
+        .bind(a.fired_at)
+        .bind(a.last_seen)
+        .bind(a.resolved_at)
+        .bind(&a.resolve_reason)
+        .bind(a.count)
+        .bind(&a.acked_by)
+        .bind(a.acked_at)
+        .bind(&a.id)
         .execute(&mut *tx)
         .await?;
-    Ok(())
-}
-
-/// Applies one change by alert id; returns whether it touched an alert row that still exists.
-async fn apply_change(tx: &mut SqliteConnection, change: &Change) -> Result<bool> {
-    match change {
-        Change::Open {
-            alert,
-            status,
-            at,
-            content,
-            ..
-        } => {
-            // The evaluator never opens twice; if the store disagrees (an alert resolved by hand
-            // racing a new event), the older one is closed rather than the batch lost.
-            sqlx::query(
-                "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = 'superseded'
-                 WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
-            )
-            .bind(at)
-            .bind(&alert.owner)
-            .bind(&alert.rule)
-            .bind(&alert.key)
-            .execute(&mut *tx)
-            .await?;
-            let fired_at = (*status == Status::Firing).then_some(*at);
-            sqlx::query(
-                "INSERT INTO alerts (id, owner, rule, key, status, severity, summary, body, value, labels,
-                     links, source, run, first_seen, fired_at, last_seen, count)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-            )
-            .bind(&alert.id)
-            .bind(&alert.owner)
-            .bind(&alert.rule)
-            .bind(&alert.key)
-            .bind(status.as_str())
-            .bind(content.severity.as_str())
-            .bind(&content.summary)
-            .bind(&content.body)
-            .bind(content.value)
-            .bind(json_text(&content.labels))
-            .bind(json_text(&content.links))
-            .bind(&content.source)
-            .bind(&content.run)
-            .bind(at)
-            .bind(fired_at)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            history(tx, alert, *at, status.as_str(), &content.summary).await?;
-            Ok(true)
-        }
-        Change::Fire { alert, at } => {
-            let row = sqlx::query("UPDATE alerts SET status = 'firing', fired_at = ? WHERE id = ? AND status = 'pending' RETURNING summary")
-                .bind(at)
-                .bind(&alert.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else { return Ok(false) };
-            history(tx, alert, *at, "firing", row.get::<&str, _>(0)).await?;
-            Ok(true)
-        }
-        Change::Resolve {
-            alert,
-            at,
-            reason,
-            summary,
-        } => {
-            let done = sqlx::query("UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = ?, summary = COALESCE(?, summary) WHERE id = ? AND status != 'resolved'")
-                .bind(at)
-                .bind(reason.message())
-                .bind(summary)
-                .bind(&alert.id)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
-                return Ok(false);
-            }
-            // The history says what the rule said on resolving, else why it resolved.
-            let message = summary.as_deref().unwrap_or(reason.message());
-            history(tx, alert, *at, "resolved", message).await?;
-            Ok(true)
-        }
-        Change::Discard { alert, .. } => {
-            // A pending alert that never fired leaves no trace.
-            sqlx::query("DELETE FROM alert_history WHERE alert_id = ?")
-                .bind(&alert.id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM alerts WHERE id = ?")
-                .bind(&alert.id)
-                .execute(&mut *tx)
-                .await?;
-            Ok(false)
-        }
-        // A repeat changes nothing stored; it is there for its notification.
-        Change::Repeat { .. } => Ok(true),
-        Change::Fold { .. } => Ok(false),
     }
+    for id in &writes.delete {
+        sqlx::query("DELETE FROM alert_history WHERE alert_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM alerts WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for a in &writes.insert {
+        // The evaluator never opens twice; if the store disagrees (an alert resolved by hand
+        // racing a new event), the older one is closed rather than the batch lost.
+        sqlx::query(
+            "UPDATE alerts SET status = 'resolved', resolved_at = ?, resolve_reason = 'superseded'
+             WHERE owner = ? AND rule = ? AND key = ? AND status != 'resolved'",
+        )
+        .bind(a.first_seen)
+        .bind(&a.owner)
+        .bind(&a.rule)
+        .bind(&a.key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO alerts (id, owner, rule, key, status, severity, summary, body, value, labels,
+                 links, source, run, first_seen, fired_at, last_seen, resolved_at, resolve_reason,
+                 count, acked_by, acked_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.id)
+        .bind(&a.owner)
+        .bind(&a.rule)
+        .bind(&a.key)
+        .bind(a.status.as_str())
+        .bind(a.content.severity.as_str())
+        .bind(&a.content.summary)
+        .bind(&a.content.body)
+        .bind(a.content.value)
+        .bind(json_text(&a.content.labels))
+        .bind(json_text(&a.content.links))
+        .bind(&a.content.source)
+        .bind(&a.content.run)
+        .bind(a.first_seen)
+        .bind(a.fired_at)
+        .bind(a.last_seen)
+        .bind(a.resolved_at)
+        .bind(&a.resolve_reason)
+        .bind(a.count)
+        .bind(&a.acked_by)
+        .bind(a.acked_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for h in &writes.history {
+        sqlx::query("INSERT INTO alert_history (alert_id, owner, rule, at, status, message) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&h.alert_id)
+            .bind(&h.owner)
+            .bind(&h.rule)
+            .bind(h.at)
+            .bind(&h.status)
+            .bind(&h.message)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// One engine batch in one SQLite transaction ([`WriteTx`]: unfinished, it closes its
@@ -426,8 +397,8 @@ impl SqliteEngineTx {
 
 #[async_trait::async_trait]
 impl EngineTx for SqliteEngineTx {
-    async fn apply(&mut self, commit: &EngineCommit) -> Result<Vec<Alert>> {
-        let result = apply_batch(&mut self.tx, commit).await;
+    async fn apply(&mut self, commit: &EngineCommit, alerts: &AlertWrites) -> Result<()> {
+        let result = apply_batch(&mut self.tx, commit, alerts).await;
         self.failed(result)
     }
 
@@ -447,8 +418,12 @@ impl EngineTx for SqliteEngineTx {
     }
 }
 
-/// Applies an engine batch inside its transaction; returns the alerts it changed, as they are now.
-async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result<Vec<Alert>> {
+/// Writes an engine batch inside its transaction.
+async fn apply_batch(
+    tx: &mut SqliteConnection,
+    commit: &EngineCommit,
+    alerts: &AlertWrites,
+) -> Result<()> {
     {
         for write in &commit.rules {
             match write {
@@ -487,60 +462,7 @@ async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result
                 }
             }
         }
-        let mut touched: Vec<String> = Vec::new();
-        let mut folds: HashMap<AlertKey, FoldSum> = HashMap::new();
-        for change in &commit.changes {
-            if let Change::Fold {
-                alert,
-                at,
-                value,
-                summary,
-                ..
-            } = change
-            {
-                let sum = folds.entry(alert.clone()).or_default();
-                sum.count += 1;
-                sum.last_seen = sum.last_seen.max(*at);
-                if value.is_some() {
-                    sum.value = *value;
-                }
-                if summary.is_some() {
-                    sum.summary.clone_from(summary);
-                }
-                continue;
-            }
-            if let Some(fold) = folds.remove(change.alert()) {
-                flush_fold(tx, change.alert(), fold).await?;
-                touched.push(change.alert().id.clone());
-            }
-            if apply_change(tx, change).await? {
-                touched.push(change.alert().id.clone());
-            }
-        }
-        for (alert, fold) in folds {
-            flush_fold(tx, &alert, fold).await?;
-            touched.push(alert.id.clone());
-        }
-        for ack in &commit.acks {
-            let done = sqlx::query("UPDATE alerts SET acked_by = ?, acked_at = ? WHERE id = ? AND status != 'resolved' AND acked_at IS NULL")
-                .bind(&ack.by)
-                .bind(ack.at)
-                .bind(&ack.alert.id)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 1 {
-                history(
-                    tx,
-                    &ack.alert,
-                    ack.at,
-                    "acked",
-                    &format!("acknowledged by {}", ack.by),
-                )
-                .await?;
-                touched.push(ack.alert.id.clone());
-            }
-        }
-        touched.extend(commit.renotify.iter().map(|(id, _)| id.clone()));
+        write_alerts(tx, alerts).await?;
         for update in &commit.states {
             match &update.state {
                 Some(state) => {
@@ -584,23 +506,23 @@ async fn apply_batch(tx: &mut SqliteConnection, commit: &EngineCommit) -> Result
                 .await?;
         }
         write_deferrals(tx, &commit.deferrals).await?;
-        // Read the changed alerts inside the transaction (they feed the deliveries written in
-        // it), a few hundred per query: one query per alert made opening many costly.
-        touched.sort();
-        touched.dedup();
-        let mut alerts = Vec::with_capacity(touched.len());
-        for ids in touched.chunks(ALERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT * FROM alerts WHERE id IN (");
-            let mut list = qb.separated(", ");
-            for id in ids {
-                list.push_bind(id);
-            }
-            qb.push(") ORDER BY id");
-            alerts.extend(qb.build().fetch_all(&mut *tx).await?.iter().map(alert_row));
-        }
-        Ok(alerts)
+        Ok(())
     }
+}
+
+/// These alerts, a few hundred per query (one query per alert made large batches costly).
+async fn alerts_by_id(db: &mut SqliteConnection, ids: &[String]) -> Result<Vec<Alert>> {
+    let mut alerts = Vec::with_capacity(ids.len());
+    for ids in ids.chunks(ALERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM alerts WHERE id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        qb.push(")");
+        alerts.extend(qb.build().fetch_all(&mut *db).await?.iter().map(alert_row));
+    }
+    Ok(alerts)
 }
 
 /// Of these alerts, the (alert id, channel owner, channel) that were sent a fire or repeat.
@@ -626,18 +548,6 @@ async fn told_of_fire(tx: &mut SqliteConnection, alert_ids: &[String]) -> Result
         }
         Ok(told)
     }
-}
-
-async fn flush_fold(tx: &mut SqliteConnection, alert: &AlertKey, fold: FoldSum) -> Result<()> {
-    sqlx::query("UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?), value = COALESCE(?, value), summary = COALESCE(?, summary) WHERE id = ?")
-        .bind(fold.count)
-        .bind(fold.last_seen)
-        .bind(fold.value)
-        .bind(&fold.summary)
-        .bind(&alert.id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -932,6 +842,20 @@ impl Store for SqliteStore {
                 acked: r.get::<Option<i64>, _>("acked_at").is_some(),
             })
             .collect())
+    }
+
+    async fn alerts_by_id(&self, ids: &[String]) -> Result<Vec<Alert>> {
+        if ids.is_empty() {
+            // Most engine commits name no stored alert: no connection for them.
+            return Ok(Vec::new());
+        }
+        let mut db = self.pool.acquire().await?;
+        alerts_by_id(&mut db, ids).await
+    }
+
+    async fn told_of_fire(&self, alert_ids: &[String]) -> Result<super::Told> {
+        let mut db = self.pool.acquire().await?;
+        told_of_fire(&mut db, alert_ids).await
     }
 
     async fn begin_engine(&self) -> Result<Box<dyn EngineTx>> {

@@ -46,7 +46,7 @@ pub(super) async fn insert_deliveries(
                 .push_bind(&d.channel_owner)
                 .push_bind(&d.channel)
                 .push_bind(&d.channel_kind)
-                .push_bind(&d.trigger)
+                .push_bind(d.trigger.as_str())
                 .push_bind(&d.format)
                 .push_bind(&d.status)
                 .push_bind(d.next_attempt_at)

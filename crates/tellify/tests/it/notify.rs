@@ -1,12 +1,14 @@
 //! Notifications end to end: the outbox, webhook signing, retries, dead letters, crash safety,
 //! silences, acknowledgement, repeats, subscriptions' filters, schedules and digests.
 
+use std::time::{Duration, Instant};
+
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::harness::{ADMIN_TOKEN as ADMIN, Server, free_port};
+use crate::harness::{ADMIN_TOKEN as ADMIN, GATE_ARGS, Server, free_port};
 use crate::receiver::Receiver;
 
 fn verify(secret: &str, body: &[u8], header: Option<&str>) {
@@ -735,4 +737,66 @@ async fn a_subscription_template_writes_the_message() {
     let got = receiver.wait_for(1).await;
     let form = String::from_utf8_lossy(&got[0].body).to_string();
     assert!(form.contains("Body=cad01+fired+at+95.0%25"), "{form}");
+}
+
+/// Issue 8: a subscription's `when` runs while the engine plans deliveries, which once was
+/// inside its write transaction, so a slow one held SQLite's write lock (and the writers'
+/// turn) and every `202` waited for it. Planning now happens before the transaction opens:
+/// an event sent while a `when` spins is accepted at once, and the spinning alert's
+/// notification is still written with it.
+#[tokio::test]
+async fn a_slow_subscription_when_does_not_hold_up_ingest() {
+    // A `when` may spin for seconds without being stopped; the owner share is off.
+    let mut server = Server::start_with(&GATE_ARGS).await;
+    let receiver = Receiver::start().await;
+    hook(&server, ADMIN, "ops", &receiver, None).await;
+    // The alert's value is the wall-clock time (epoch ms) its `when` spins until.
+    subscribe(
+        &server,
+        ADMIN,
+        json!({"channel": "ops", "rules": ["slow"],
+            "when": "while (Date.now() < alert.value) {} true"}),
+    )
+    .await;
+    server
+        .rule(
+            ADMIN,
+            json!({"name": "slow", "source": "slow", "when": "true", "value": "event.until"}),
+        )
+        .await;
+
+    let spin = Duration::from_millis(1_500);
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        + spin;
+    let spun = Instant::now() + spin;
+    server
+        .send(
+            ADMIN,
+            "slow",
+            "application/json",
+            &json!({ "until": until.as_millis() as u64 }).to_string(),
+        )
+        .await;
+    // Well inside the spin: the engine took the event at once and is running the `when`.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .send(ADMIN, "other", "application/json", r#"{"n": 1}"#)
+        .await;
+    let answered = Instant::now();
+    assert!(
+        answered + Duration::from_millis(300) < spun,
+        "the event waited for the `when`: answered {:?} before it ended",
+        spun.saturating_duration_since(answered)
+    );
+    // The alert's batch has not committed yet: the 202 came while the `when` still ran.
+    assert!(server.alerts(ADMIN, "rule=slow").await.is_empty());
+
+    server.settle().await;
+    let alerts = server.alerts(ADMIN, "rule=slow").await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["status"], "firing");
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got.len(), 1, "the notification is written with its alert");
 }
