@@ -536,6 +536,9 @@ impl Engine {
                     Ok(events) => events,
                     Err(e) => {
                         error!(message = "Failed to read the event log for a deferred owner; trying again.", %owner, error = %format!("{e:#}"));
+                        // The run loop comes back at once while nothing new waits: not in a
+                        // tight loop of failing reads.
+                        std::thread::sleep(Duration::from_secs(1));
                         return;
                     }
                 };
