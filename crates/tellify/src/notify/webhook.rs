@@ -46,7 +46,13 @@ pub struct Webhook {
     pub settings: Settings,
 }
 
-/// The default body: the trigger and the alert (or, for a digest, the alerts).
+/// The version of the JSON that webhooks send by default and broker channels always send
+/// (`"version"` in it). It goes up when a field is removed or changes meaning, not when one is
+/// added, so a receiver can refuse a shape it does not know.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The default body: the payload version, the trigger and the alert (or, for a digest, the
+/// alerts).
 pub fn default_body(n: &Notification) -> Value {
     if n.digest {
         let alerts: Vec<Value> = n
@@ -59,9 +65,9 @@ pub fn default_body(n: &Notification) -> Value {
                 v
             })
             .collect();
-        json!({ "trigger": n.trigger.as_str(), "digest": true, "alerts": alerts })
+        json!({ "version": PAYLOAD_VERSION, "trigger": n.trigger.as_str(), "digest": true, "alerts": alerts })
     } else {
-        json!({ "trigger": n.trigger.as_str(), "alert": n.first() })
+        json!({ "version": PAYLOAD_VERSION, "trigger": n.trigger.as_str(), "alert": n.first() })
     }
 }
 

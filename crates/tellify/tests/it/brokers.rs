@@ -31,6 +31,7 @@ async fn fire_through(server: &mut Server, name: &str, channel: Value) {
 }
 
 fn assert_alert(body: &Value, name: &str) {
+    assert_eq!(body["version"], 1, "the payload says its version: {body}");
     assert_eq!(body["trigger"], "fire", "{body}");
     assert_eq!(body["alert"]["rule"], format!("rule-{name}"), "{body}");
     assert_eq!(body["alert"]["summary"], "r1 is hot", "{body}");

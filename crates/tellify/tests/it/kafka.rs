@@ -195,6 +195,7 @@ async fn kafka_topic_gets_each_change_keyed_by_alert() {
     let records = broker.read(&topic, 2, READ_WAIT);
     assert_eq!(records.len(), 2, "a fire and a resolve");
     let (fire, resolve) = (&records[0], &records[1]);
+    assert_eq!(fire.body["version"], 1, "{}", fire.body);
     assert_eq!(fire.body["trigger"], "fire", "{}", fire.body);
     assert_eq!(resolve.body["trigger"], "resolve", "{}", resolve.body);
     assert_eq!(fire.body["alert"]["rule"], "rule-kafka");

@@ -61,6 +61,7 @@ async fn a_webhook_gets_each_change_once_signed_with_an_idempotency_key() {
     server.settle().await;
     let got = receiver.wait_for(1).await;
     let body = got[0].json();
+    assert_eq!(body["version"], 1, "the payload says its version");
     assert_eq!(body["trigger"], "fire");
     assert_eq!(body["alert"]["rule"], "disk-full");
     assert_eq!(body["alert"]["summary"], "a at 95%");
