@@ -30,3 +30,4 @@ pub mod sources;
 pub mod storage_watch;
 pub mod store;
 pub mod web;
+pub mod wire;

@@ -12,7 +12,6 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{Json, Path, Query};
-use super::wire;
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::store::{AlertFilter, HistoryFilter, StatField};
 
@@ -92,12 +91,12 @@ pub async fn list_alerts(
             },
         }
     }
-    let alerts: Vec<wire::Alert> = state
+    let alerts: Vec<crate::wire::Alert> = state
         .store
         .list_alerts(&filter)
         .await?
         .into_iter()
-        .map(wire::Alert::from)
+        .map(crate::wire::Alert::from)
         .collect();
     let next_cursor = (alerts.len() as i64 == filter.limit)
         .then(|| alerts.last().map(|a| a.id.clone()))
@@ -140,8 +139,8 @@ pub async fn get_alert(
             ..Default::default()
         })
         .await?;
-    let mut out =
-        serde_json::to_value(wire::Alert::from(alert)).map_err(|e| ApiError::internal(e.into()))?;
+    let mut out = serde_json::to_value(crate::wire::Alert::from(alert))
+        .map_err(|e| ApiError::internal(e.into()))?;
     out["history"] = json!(history);
     out["deliveries"] = json!(deliveries);
     Ok(Json(out))
@@ -149,13 +148,13 @@ pub async fn get_alert(
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "acknowledged (again: no change)", body = wire::Alert),
+    responses((status = 200, description = "acknowledged (again: no change)", body = crate::wire::Alert),
               (status = 409, description = "already resolved")))]
 pub async fn ack_alert(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<wire::Alert>> {
+) -> ApiResult<Json<crate::wire::Alert>> {
     let alert = visible(&state, &caller, &id).await?;
     if alert.status == Status::Resolved {
         return Err(ApiError::new(
@@ -181,13 +180,13 @@ pub async fn ack_alert(
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/resolve", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
-    responses((status = 200, description = "resolved by hand", body = wire::Alert),
+    responses((status = 200, description = "resolved by hand", body = crate::wire::Alert),
               (status = 409, description = "already resolved")))]
 pub async fn resolve_alert(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<wire::Alert>> {
+) -> ApiResult<Json<crate::wire::Alert>> {
     let alert = visible(&state, &caller, &id).await?;
     if alert.status == Status::Resolved || !state.engine.resolve(alert.alert_key()).await {
         return Err(ApiError::new(
@@ -314,7 +313,7 @@ pub async fn stream(
             tokio::select! {
                 item = alerts.next() => match item {
                     Some(Ok(alert)) if caller.sees(&alert.owner) => {
-                        let data = serde_json::to_string(&wire::Alert::from(&alert)).unwrap_or_default();
+                        let data = serde_json::to_string(&crate::wire::Alert::from(&alert)).unwrap_or_default();
                         yield Ok(SseEvent::default().event("alert").id(alert.id.clone()).data(data));
                     }
                     Some(Ok(_)) => {}

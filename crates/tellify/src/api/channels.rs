@@ -8,10 +8,10 @@ use serde_json::{Map, Value, json};
 use tellify_core::subscription::Trigger;
 
 use super::extract::{Json, NoParams, Path, Query};
-use super::wire::Alert;
 use super::{ApiError, ApiResult, AppState, Caller};
 use crate::notify::{Notification, channel};
 use crate::store::ChannelRow;
+use crate::wire::Alert;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,6 +10,7 @@ pub mod channels;
 pub mod config;
 pub mod deliveries;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod openapi;
 pub mod rules;
@@ -17,7 +18,6 @@ pub mod silences;
 pub mod subscriptions;
 pub mod system;
 pub mod users;
-pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -174,7 +174,7 @@ impl FromRequestParts<AppState> for Scraper {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
     let mut api = Router::new()
-        .route("/events", post(crate::sources::http::post_events))
+        .route("/events", post(events::post_events))
         .route("/topics", get(system::list_topics))
         .route("/topics/{source}", get(system::get_topic))
         .route("/sources", get(system::list_sources))

@@ -29,7 +29,7 @@ use crate::notify::channel::KINDS;
 #[openapi(
     info(title = "Tellify", description = "Self-hosted event alerting server: events in, rules, alerts, notifications."),
     paths(
-        crate::sources::http::post_events,
+        super::events::post_events,
         super::system::list_topics,
         super::system::get_topic,
         super::system::list_sources,
@@ -76,7 +76,7 @@ use crate::notify::channel::KINDS;
         super::config::put_smtp,
     ),
     components(schemas(
-        super::wire::Alert,
+        crate::wire::Alert,
         crate::store::User,
         crate::store::Delivery,
         crate::store::HistoryEntry,

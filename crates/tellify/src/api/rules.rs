@@ -231,7 +231,7 @@ pub async fn test_rule(
     let spec = instantiate_for(&state, &stored.owner, &doc).await?;
     let source = query.source.unwrap_or_else(|| "default".to_owned());
     let now = state.clock.now();
-    let format = crate::sources::http::format_of(None, &headers)?;
+    let format = super::events::format_of(None, &headers)?;
     let bytes = axum::body::to_bytes(body, state.body_limit)
         .await
         .map_err(|_| {

@@ -281,7 +281,7 @@ impl Dispatcher {
                 labels: &alert.content.labels,
             };
             let snapshot =
-                serde_json::to_value(crate::api::wire::Alert::from(alert)).unwrap_or(Value::Null);
+                serde_json::to_value(crate::wire::Alert::from(alert)).unwrap_or(Value::Null);
             let silenced = self.silenced(alert, t.at);
             // Tellify's own alerts go to every admin's subscriptions that want them.
             let system = alert.owner == SYSTEM_OWNER;

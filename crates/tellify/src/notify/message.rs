@@ -5,7 +5,7 @@
 use chrono::{TimeZone, Utc};
 use tellify_core::subscription::{MessageFormat, Trigger};
 
-use crate::store::Alert;
+use crate::wire::Alert;
 
 /// One notification: an alert change, or a digest of several.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use tellify_core::subscription::Trigger;
 use super::channel::{Check, Secret, check_url};
 use super::message::truncate;
 use super::{Fanout, Notification, Notifier, NotifyError, send_http};
-use crate::store::Alert;
+use crate::wire::Alert;
 
 /// Where events go unless the channel says otherwise.
 pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";

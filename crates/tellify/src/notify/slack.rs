@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::channel::{Check, Secret, check_url};
 use super::message::{time, truncate};
 use super::{Notification, Notifier, NotifyError, send_http};
-use crate::store::Alert;
+use crate::wire::Alert;
 
 /// Block Kit's limits.
 const MAX_BLOCKS: usize = 50;

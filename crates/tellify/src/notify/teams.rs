@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::channel::{Check, Secret, check_url};
 use super::message::truncate;
 use super::{Notification, Notifier, NotifyError, send_http};
-use crate::store::Alert;
+use crate::wire::Alert;
 use tellify_core::alert::Severity;
 
 /// Lines in a digest card; Teams refuses messages over about 28 KB.

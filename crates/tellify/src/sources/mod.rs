@@ -6,8 +6,6 @@
 //! waiting, and throughput grows with concurrency instead of collapsing under it. After the
 //! commit it hands the stored events to the engine.
 
-pub mod http;
-
 use std::sync::{Arc, RwLock};
 
 use anyhow::Result;

@@ -106,10 +106,9 @@ pub struct StoredRule {
     pub updated_at: i64,
 }
 
-/// The alert of a delivery's snapshot, by the name `notify/` still reads it under (until its
-/// rework names [`crate::api::wire::Alert`]); the store itself speaks
+/// The alert of a delivery's snapshot (what notifications show); the store itself speaks
 /// [`tellify_core::alert::Alert`].
-pub use crate::api::wire::Alert;
+pub use crate::wire::Alert;
 
 /// One entry in an alert's history: a transition and its message.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

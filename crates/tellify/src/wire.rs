@@ -1,5 +1,6 @@
-//! What the API says about alerts: the JSON of `/api/v1/alerts…`, the live stream and the
-//! alert in a delivery's snapshot, made from the core's [`tellify_core::alert::Alert`].
+//! What Tellify says about an alert to the outside: the JSON of `/api/v1/alerts…`, the live
+//! stream, a delivery's snapshot and the alert in webhook and broker payloads, made from the
+//! core's [`tellify_core::alert::Alert`]. A leaf: it depends on the core alone.
 
 use std::collections::BTreeMap;
 
