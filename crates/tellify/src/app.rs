@@ -22,8 +22,7 @@ use crate::sources::Ingest;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, Store, User};
 
-/// The name of the user created on first start.
-pub const ADMIN: &str = "admin";
+pub use crate::auth::ADMIN;
 
 /// A running server.
 pub struct Running {
@@ -273,7 +272,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         memory_limit: args.js_memory_mib.max(1) * 1024 * 1024,
         ..Limits::default()
     };
-    let owners = crate::sources::Owners::load(store.as_ref()).await?;
+    let owners = crate::owners::Owners::load(store.as_ref()).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let (engine, engine_thread) = engine::start(EngineParts {
         store: store.clone(),

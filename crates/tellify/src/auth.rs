@@ -5,6 +5,9 @@
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+/// The name of the user created on first start.
+pub const ADMIN: &str = "admin";
+
 /// What a token may do.
 #[derive(
     Debug,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::api::AppState;
-use crate::app::ADMIN;
+use crate::auth::ADMIN;
 use crate::store::{NewEvent, Outbox};
 
 /// The setting that marks a database the demo made.

@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Transition};
 use crate::metrics::{Metrics, RuleLabel, RuleSourceLabel};
-use crate::sources::Owners;
+use crate::owners::Owners;
 use crate::store::{
     Ack, AlertWrites, EngineCommit, EventBatch, HistoryEntry, NewEvent, Outbox, RuleWrite, Store,
     StoredEvent, StoredRule,

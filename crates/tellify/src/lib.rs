@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod metrics;
 pub mod notify;
+pub mod owners;
 pub mod rule_files;
 pub mod sources;
 pub mod storage_watch;

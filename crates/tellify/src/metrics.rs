@@ -121,7 +121,11 @@ impl Metrics {
             "Delivery attempts by channel kind and outcome (sent, retry, deferred, dead)",
             deliveries.clone(),
         );
-        let delivery_seconds = crate::notify::delivery_histogram();
+        // Alert change → delivered: from a few ms (a webhook on the same host) to an hour of
+        // retries.
+        let delivery_seconds = Histogram::new([
+            0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+        ]);
         registry.register(
             "delivery_seconds",
             "Time from an alert change to its notification being delivered",

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use prometheus_client::metrics::histogram::Histogram;
 use rand::Rng;
 use serde_json::{Map, Value};
 use tellify_core::subscription::Trigger;
@@ -536,13 +535,6 @@ pub async fn send_in_time(notifier: &dyn Notifier, n: &Notification) -> Result<(
             SEND_TIMEOUT.as_secs()
         ))),
     }
-}
-
-/// Buckets of `tellify_delivery_seconds`: alert change → delivered.
-pub fn delivery_histogram() -> Histogram {
-    Histogram::new([
-        0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
-    ])
 }
 
 #[cfg(test)]

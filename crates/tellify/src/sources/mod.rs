@@ -6,15 +6,15 @@
 //! waiting, and throughput grows with concurrency instead of collapsing under it. After the
 //! commit it hands the stored events to the engine.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::Result;
-use tellify_core::access::Sources;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, error};
 
 use crate::engine::{Command, EngineHandle};
 use crate::metrics::{Metrics, SourceLabel};
+pub use crate::owners::Owners;
 use crate::store::{EventBatch, NewEvent, Store, StoredEvent, User};
 
 /// Events stored but not yet evaluated that the engine's queue may hold. Past that the writer
@@ -38,33 +38,6 @@ pub trait Source: Send + Sync {
 struct Job {
     batch: EventBatch,
     reply: oneshot::Sender<Result<usize, String>>,
-}
-
-/// Who owns each source and whether it is public; shared by ingest, the engine and the API.
-/// The rules are [`tellify_core::access::Sources`]'s, the same the engine's evaluator asks.
-#[derive(Clone, Default)]
-pub struct Owners(Arc<RwLock<Sources>>);
-
-impl Owners {
-    pub async fn load(store: &dyn Store) -> Result<Self> {
-        let mut sources = Sources::default();
-        for s in store.sources().await? {
-            sources.set(&s.name, &s.owner, s.visibility == "public");
-        }
-        Ok(Self(Arc::new(RwLock::new(sources))))
-    }
-
-    /// Records `owner` for `source` unless it has one; returns whether it was new.
-    pub fn claim(&self, source: &str, owner: &str) -> bool {
-        self.0
-            .write()
-            .expect("the owners lock is never poisoned")
-            .claim(source, owner)
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Sources> {
-        self.0.read().expect("the owners lock is never poisoned")
-    }
 }
 
 /// The door every event comes in by.
@@ -119,18 +92,14 @@ impl Ingest {
         }
     }
 
-    /// Whether `user` may send events to `source` ([`Sources::may_write`]).
+    /// Whether `user` may send events to `source` ([`Owners::may_write`]).
     pub fn may_write(&self, user: &User, source: &str) -> bool {
-        self.owners
-            .read()
-            .may_write(&user.name, user.is_admin(), source)
+        self.owners.may_write(user, source)
     }
 
-    /// Whether `user` may read events of `source` ([`Sources::may_read`]).
+    /// Whether `user` may read events of `source` ([`Owners::may_read`]).
     pub fn may_read(&self, user: &User, source: &str) -> bool {
-        self.owners
-            .read()
-            .may_read(&user.name, user.is_admin(), source)
+        self.owners.may_read(user, source)
     }
 
     /// Stores events durably; returns how many once they are committed.
