@@ -41,10 +41,6 @@ impl Sources {
         true
     }
 
-    pub fn is_claimed(&self, source: &str) -> bool {
-        self.owners.contains_key(source)
-    }
-
     /// Whether `user` (an admin when `admin`) may put events into `source`: its owner, an
     /// admin, or anyone while nobody has claimed it.
     pub fn may_write(&self, user: &str, admin: bool, source: &str) -> bool {
@@ -88,13 +84,10 @@ impl Access {
         self.sources.set(source, owner, public);
     }
 
-    /// Records a source's owner unless it already has one: the first poster owns it.
-    pub fn set_source_if_new(&mut self, source: &str, owner: &str) {
-        self.sources.claim(source, owner);
-    }
-
-    pub fn has_source(&self, source: &str) -> bool {
-        self.sources.is_claimed(source)
+    /// Records a source's owner unless it already has one: the first poster owns it. Returns
+    /// whether it was new.
+    pub fn set_source_if_new(&mut self, source: &str, owner: &str) -> bool {
+        self.sources.claim(source, owner)
     }
 
     pub fn is_admin(&self, user: &str) -> bool {

@@ -1001,7 +1001,7 @@ impl Evaluator {
     }
 
     /// Whether `owner` has engine time left now (always, without a budget).
-    pub fn has_budget(&mut self, owner: &str) -> bool {
+    fn has_budget(&mut self, owner: &str) -> bool {
         match &self.budget {
             Some(budget) => {
                 let now = (budget.meter)();

@@ -973,8 +973,7 @@ impl Engine {
         let mut emitted: Vec<EventBatch> = Vec::new();
         for (owner, e, hops) in outcome.emitted {
             // A source first seen here belongs to the owner of the rule that emitted it.
-            if !self.evaluator.access.has_source(&e.source) {
-                self.evaluator.access.set_source_if_new(&e.source, &owner);
+            if self.evaluator.access.set_source_if_new(&e.source, &owner) {
                 self.parts.owners.claim(&e.source, &owner);
             }
             let event = NewEvent {

@@ -36,7 +36,8 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::crypto::SecretBox;
 use crate::metrics::{DeliveryLabel, Metrics};
-use crate::store::{Alert, ChannelRow, Delivery, DeliveryOutcome, Outbox};
+use crate::store::{ChannelRow, Delivery, DeliveryOutcome, Outbox};
+use crate::wire::Alert;
 pub use breaker::Breakers;
 pub use message::Notification;
 

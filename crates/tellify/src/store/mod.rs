@@ -106,10 +106,6 @@ pub struct StoredRule {
     pub updated_at: i64,
 }
 
-/// The alert of a delivery's snapshot (what notifications show); the store itself speaks
-/// [`tellify_core::alert::Alert`].
-pub use crate::wire::Alert;
-
 /// One entry in an alert's history: a transition and its message.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
